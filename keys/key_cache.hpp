@@ -1,0 +1,93 @@
+#pragma once
+// In-process cache of API key records, keyed by key hash.
+//
+// Bounded (capacity entries, sharded) with a TTL for hits and a shorter one for "no such key".
+// Postgres stays the authority: the LISTEN/NOTIFY listener erases entries when a key changes,
+// and a generation counter stops a lookup that raced with an invalidation from re-inserting a
+// stale record (put() is ignored if any invalidation happened since the lookup began).
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+namespace tollgate::keys {
+
+/// Rate limits that apply to a key (per-key override, else the account's `rate_limits` row).
+/// 0 means unlimited.
+struct Limits {
+  std::int64_t requests_per_minute = 0;
+  std::int64_t requests_per_hour = 0;
+  std::int64_t requests_per_day = 0;
+  std::int64_t tokens_per_minute = 0;
+  std::int64_t max_tokens_per_request = 0;
+};
+
+/// What the request path needs to know about an API key (from Postgres `api_keys`).
+struct KeyRecord {
+  std::string key_id;       ///< api_keys.id (uuid text)
+  std::string user_id;      ///< api_keys.user_id (uuid text): the account
+  std::string key_prefix;   ///< display prefix, safe to log
+  bool is_active = false;
+  std::int64_t expires_at_unix = 0;  ///< seconds since epoch; 0 = never expires
+  Limits key_limits;                 ///< limits of this key (overrides merged in)
+  Limits account_limits;             ///< limits of the whole account
+  std::int64_t overdraft_micros = 0; ///< balance may go this far below zero (credit units)
+
+  /// True if the key may be used at `now_unix` (active and not expired).
+  bool usable_at(std::int64_t now_unix) const noexcept {
+    return is_active && (expires_at_unix == 0 || now_unix < expires_at_unix);
+  }
+};
+
+class KeyCache {
+ public:
+  using Clock = std::chrono::steady_clock;
+  using Record = std::shared_ptr<const KeyRecord>;
+
+  KeyCache(std::size_t capacity, std::chrono::milliseconds ttl,
+           std::chrono::milliseconds negative_ttl);
+
+  /// nullopt: not cached (look it up). A null Record: cached "no such key".
+  std::optional<Record> find(const std::string& key_hash, Clock::time_point now);
+
+  /// Invalidation generation; read it before a Postgres lookup and pass it to put().
+  std::uint64_t generation() const noexcept { return generation_.load(std::memory_order_acquire); }
+
+  /// Caches a lookup result (null = no such key) unless an invalidation happened since `gen`.
+  void put(const std::string& key_hash, Record rec, std::uint64_t gen, Clock::time_point now);
+
+  /// Drops one key (NOTIFY on api_keys carries the key hash).
+  void erase(const std::string& key_hash);
+  /// Drops every key of an account (limits or overdraft of the account changed).
+  void erase_user(std::string_view user_id);
+  /// Drops everything (listener reconnected: notifications may have been missed).
+  void clear();
+
+  std::size_t size() const;
+
+ private:
+  struct Entry {
+    Record rec;
+    Clock::time_point expires;
+  };
+  struct Shard {
+    mutable std::mutex mu;
+    std::unordered_map<std::string, Entry> map;
+  };
+  static constexpr std::size_t shard_count = 16;
+  Shard& shard_for(const std::string& key_hash);
+
+  std::array<Shard, shard_count> shards_;
+  std::size_t per_shard_capacity_;
+  std::chrono::milliseconds ttl_;
+  std::chrono::milliseconds negative_ttl_;
+  std::atomic<std::uint64_t> generation_{0};
+};
+
+}  // namespace tollgate::keys

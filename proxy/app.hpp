@@ -1,0 +1,38 @@
+#pragma once
+// The shared, long-lived objects every request uses. Built once in main.cpp (the only place
+// that wires concrete classes together) and passed by reference.
+#include "keys/key_cache.hpp"
+#include "pricing/pricing.hpp"
+#include "proxy/config.hpp"
+#include "proxy/lookup_pool.hpp"
+#include "sql/usage_writer.hpp"
+
+#include <boost/asio/ssl/context.hpp>
+
+#include <atomic>
+#include <cstdint>
+
+namespace tollgate {
+
+/// Counters exposed at GET /metrics (Prometheus text). Never labelled with keys or accounts.
+struct Metrics {
+  std::atomic<std::uint64_t> requests{0};
+  std::atomic<std::uint64_t> responses_2xx{0}, responses_4xx{0}, responses_5xx{0};
+  std::atomic<std::uint64_t> auth_failures{0}, insufficient_balance{0};
+  std::atomic<std::uint64_t> upstream_errors{0}, upstream_connect_failures{0};
+  std::atomic<std::uint64_t> client_aborts{0}, streams{0};
+  std::atomic<std::uint64_t> key_cache_hits{0}, key_cache_misses{0};
+  std::atomic<std::int64_t> active_requests{0};
+};
+
+struct App {
+  const Config& cfg;
+  keys::KeyCache& key_cache;
+  std::atomic<pricing::PricingSnapshotPtr>& pricing;
+  LookupPool& lookups;
+  sql::UsageWriter& usage;
+  boost::asio::ssl::context& upstream_tls;
+  Metrics metrics;
+};
+
+}  // namespace tollgate

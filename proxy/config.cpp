@@ -1,0 +1,90 @@
+#include "proxy/config.hpp"
+
+#include <boost/url/parse.hpp>
+#include <toml++/toml.h>
+
+#include <cstdlib>
+#include <stdexcept>
+
+namespace tollgate {
+
+UpstreamUrl parse_upstream_url(const std::string& text) {
+  auto r = boost::urls::parse_absolute_uri(text);
+  if (!r) throw std::invalid_argument("upstream URL is not an absolute URL: " + text);
+  UpstreamUrl u;
+  if (r->scheme() == "https") u.tls = true;
+  else if (r->scheme() == "http") u.tls = false;
+  else throw std::invalid_argument("upstream URL must be http:// or https://: " + text);
+  u.host = std::string(r->encoded_host());
+  if (u.host.empty()) throw std::invalid_argument("upstream URL has no host: " + text);
+  u.port = r->has_port() ? std::string(r->port()) : (u.tls ? "443" : "80");
+  u.base_path = std::string(r->encoded_path());
+  while (!u.base_path.empty() && u.base_path.back() == '/') u.base_path.pop_back();
+  return u;
+}
+
+namespace {
+void split_listen(Config& c, const std::string& v) {
+  auto colon = v.rfind(':');
+  if (colon == std::string::npos) throw std::invalid_argument("listen address must be HOST:PORT: " + v);
+  c.listen_host = v.substr(0, colon);
+  int port = std::atoi(v.c_str() + colon + 1);
+  if (port < 0 || port > 65535) throw std::invalid_argument("bad listen port: " + v);
+  c.listen_port = static_cast<std::uint16_t>(port);
+}
+
+template <class T>
+void get(const toml::table& t, std::string_view path, T& out) {
+  if (auto v = t.at_path(path).value<T>()) out = *v;
+}
+void get_ms(const toml::table& t, std::string_view path, std::chrono::milliseconds& out) {
+  if (auto v = t.at_path(path).value<std::int64_t>()) out = std::chrono::milliseconds(*v);
+}
+}  // namespace
+
+Config Config::load(const std::optional<std::string>& path) {
+  Config c;
+  if (path) {
+    toml::table t = toml::parse_file(*path);
+    std::string listen;
+    get(t, "server.listen", listen);
+    if (!listen.empty()) split_listen(c, listen);
+    get(t, "server.threads", c.threads);
+    get(t, "server.max_body_bytes", c.max_body_bytes);
+    get_ms(t, "server.client_idle_timeout_ms", c.client_idle_timeout);
+    get(t, "database.url", c.database_url);
+    get(t, "database.lookup_threads", c.lookup_threads);
+    get(t, "redis.url", c.redis_url);
+    get(t, "upstream.url", c.upstream_url_text);
+    get(t, "upstream.key", c.upstream_key);
+    get_ms(t, "upstream.connect_timeout_ms", c.upstream_connect_timeout);
+    get_ms(t, "upstream.response_timeout_ms", c.upstream_response_timeout);
+    get_ms(t, "upstream.idle_timeout_ms", c.upstream_idle_timeout);
+    get(t, "upstream.max_idle_connections", c.upstream_max_idle_connections);
+    std::string cost_source = "prices";
+    get(t, "billing.cost_source", cost_source);
+    if (cost_source != "prices" && cost_source != "upstream")
+      throw std::invalid_argument("billing.cost_source must be \"prices\" or \"upstream\"");
+    c.cost_from_upstream = cost_source == "upstream";
+    get(t, "billing.default_max_tokens", c.default_max_tokens);
+    get(t, "billing.prompt_bytes_per_token", c.prompt_bytes_per_token);
+    get(t, "keys.cache_capacity", c.key_cache_capacity);
+    get_ms(t, "keys.cache_ttl_ms", c.key_cache_ttl);
+    get_ms(t, "keys.negative_ttl_ms", c.key_cache_negative_ttl);
+    get(t, "usage.journal_dir", c.journal_dir);
+    get(t, "usage.batch_rows", c.usage_batch_rows);
+    get_ms(t, "usage.max_delay_ms", c.usage_max_delay);
+  }
+  if (const char* v = std::getenv("TOLLGATE_LISTEN")) split_listen(c, v);
+  if (const char* v = std::getenv("TOLLGATE_DATABASE_URL")) c.database_url = v;
+  if (const char* v = std::getenv("TOLLGATE_REDIS_URL")) c.redis_url = v;
+  if (const char* v = std::getenv("TOLLGATE_UPSTREAM_URL")) c.upstream_url_text = v;
+  if (const char* v = std::getenv("TOLLGATE_UPSTREAM_KEY")) c.upstream_key = v;
+  if (const char* v = std::getenv("TOLLGATE_JOURNAL_DIR")) c.journal_dir = v;
+  c.upstream = parse_upstream_url(c.upstream_url_text);
+  if (c.prompt_bytes_per_token < 1) throw std::invalid_argument("billing.prompt_bytes_per_token must be >= 1");
+  if (c.default_max_tokens < 1) throw std::invalid_argument("billing.default_max_tokens must be >= 1");
+  return c;
+}
+
+}  // namespace tollgate

@@ -1,0 +1,64 @@
+#pragma once
+// tollgate's configuration: a TOML file (deploy/tollgate.example.toml documents every key)
+// overridden by environment variables TOLLGATE_LISTEN, TOLLGATE_DATABASE_URL,
+// TOLLGATE_REDIS_URL, TOLLGATE_UPSTREAM_URL, TOLLGATE_UPSTREAM_KEY, TOLLGATE_JOURNAL_DIR.
+// Built once at start and shared read-only.
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace tollgate {
+
+/// Where the upstream is: parsed from an absolute http(s) URL such as
+/// https://openrouter.ai/api/v1 → {tls, "openrouter.ai", "443", "/api/v1"}.
+struct UpstreamUrl {
+  bool tls = true;
+  std::string host;
+  std::string port;
+  std::string base_path;  ///< no trailing slash
+};
+
+/// Parses an upstream URL; throws std::invalid_argument with a readable message.
+UpstreamUrl parse_upstream_url(const std::string& url);
+
+struct Config {
+  // [server]
+  std::string listen_host = "127.0.0.1";
+  std::uint16_t listen_port = 8080;
+  int threads = 0;                                  ///< 0 = one per core
+  std::uint64_t max_body_bytes = 10ull << 20;       ///< 413 above this
+  std::chrono::milliseconds client_idle_timeout{60'000};
+  // [database]
+  std::string database_url = "postgresql://tollgate@127.0.0.1:5432/tollgate";
+  int lookup_threads = 4;                           ///< blocking Postgres lookups (cache misses)
+  // [redis]
+  std::string redis_url = "redis://127.0.0.1:6379";
+  // [upstream]
+  std::string upstream_url_text = "https://openrouter.ai/api/v1";
+  UpstreamUrl upstream;
+  std::string upstream_key;                         ///< never logged
+  std::chrono::milliseconds upstream_connect_timeout{5'000};
+  std::chrono::milliseconds upstream_response_timeout{600'000};  ///< to the response headers
+  std::chrono::milliseconds upstream_idle_timeout{300'000};      ///< between body reads
+  std::size_t upstream_max_idle_connections = 64;   ///< per thread
+  std::uint64_t upstream_max_response_bytes = 64ull << 20;
+  // [billing]
+  bool cost_from_upstream = false;  ///< true: bill usage.cost; false: model_prices × tokens
+  std::int64_t default_max_tokens = 4096;  ///< cap sent upstream when the client sets none
+  std::int64_t prompt_bytes_per_token = 1; ///< worst-case prompt tokens = body bytes / this
+  // [keys]
+  std::size_t key_cache_capacity = 1'000'000;
+  std::chrono::milliseconds key_cache_ttl{60'000};
+  std::chrono::milliseconds key_cache_negative_ttl{5'000};
+  // [usage]
+  std::string journal_dir = ".run/journal";
+  std::size_t usage_batch_rows = 2000;
+  std::chrono::milliseconds usage_max_delay{20};
+
+  /// Reads `path` (if given) then applies the environment overrides. Throws
+  /// std::invalid_argument / toml parse errors with the file position.
+  static Config load(const std::optional<std::string>& path);
+};
+
+}  // namespace tollgate

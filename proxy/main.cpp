@@ -1,0 +1,175 @@
+// tollgate: the one binary. `serve` runs the proxy; the other subcommands are the operator's
+// tools. This is the only place where concrete classes are wired together.
+#include "keys/key_cache.hpp"
+#include "proxy/app.hpp"
+#include "proxy/config.hpp"
+#include "proxy/lookup_pool.hpp"
+#include "proxy/server.hpp"
+#include "proxy/upstream.hpp"
+#include "sql/notify_listener.hpp"
+#include "sql/store.hpp"
+#include "sql/usage_writer.hpp"
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+using namespace tollgate;
+
+namespace {
+
+int serve(const Config& cfg, const std::optional<std::string>& port_file) {
+  {
+    sql::PgConn db(cfg.database_url);  // fail fast with a clear message if Postgres is down
+    if (db.exec("SELECT 1 FROM pg_tables WHERE tablename = 'schema_migrations'").rows() == 0)
+      throw std::runtime_error("the database has no tollgate schema: run `tollgate migrate` first");
+  }
+  keys::KeyCache key_cache(cfg.key_cache_capacity, cfg.key_cache_ttl, cfg.key_cache_negative_ttl);
+  std::atomic<pricing::PricingSnapshotPtr> pricing;
+  sql::NotifyListener listener(
+      cfg.database_url,
+      [&](sql::PgConn& db, const std::string& channel, const std::string& payload) {
+        if (channel == "tollgate_api_keys") key_cache.erase(payload);
+        else if (channel == "tollgate_accounts") key_cache.erase_user(payload);
+        else if (channel == "tollgate_pricing") {
+          pricing.store(sql::load_pricing(db));
+          spdlog::info("pricing reloaded ({} changed)", payload);
+        }
+      },
+      [&](sql::PgConn& db) {
+        key_cache.clear();  // notifications may have been missed while disconnected
+        pricing.store(sql::load_pricing(db));
+      });
+  listener.start();
+  sql::UsageWriter usage(cfg.journal_dir, cfg.database_url, cfg.usage_batch_rows, cfg.usage_max_delay);
+  usage.start();
+  LookupPool lookups(cfg.database_url, cfg.lookup_threads);
+  auto tls = make_upstream_tls_context();
+  App app{cfg, key_cache, pricing, lookups, usage, tls, {}};
+  Server server(app);
+
+  // Signals are taken by a dedicated thread so the stop sequence can block.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+  std::thread signals([&] {
+    int sig = 0;
+    sigwait(&set, &sig);
+    spdlog::info("signal {}: stopping (in-flight requests get up to 10 s)", sig);
+    server.stop();
+  });
+
+  spdlog::info("tollgate listening on {}:{} → upstream {}://{}:{}{}", cfg.listen_host, server.port(),
+               cfg.upstream.tls ? "https" : "http", cfg.upstream.host, cfg.upstream.port, cfg.upstream.base_path);
+  if (port_file) std::ofstream(*port_file) << server.port() << "\n";
+  server.run();
+
+  pthread_kill(signals.native_handle(), SIGTERM);  // no-op if the thread already returned
+  signals.join();
+  lookups.stop();
+  listener.stop();
+  usage.stop(std::chrono::seconds(5));
+  auto s = usage.stats();
+  spdlog::info("stopped: {} usage record(s) committed, {} left in the journal for replay", s.committed, s.queued);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App cli{"tollgate — an edge proxy that sells LLM access by the token"};
+  cli.require_subcommand(1);
+  std::optional<std::string> config_path;
+  cli.add_option("--config", config_path, "TOML configuration file (see deploy/tollgate.example.toml)");
+
+  auto* serve_cmd = cli.add_subcommand("serve", "Run the proxy");
+  std::optional<std::string> port_file;
+  serve_cmd->add_option("--port-file", port_file, "Write the bound port here once listening");
+
+  auto* migrate_cmd = cli.add_subcommand("migrate", "Apply sql/ migrations (idempotent)");
+
+  auto* accounts = cli.add_subcommand("accounts", "Manage accounts")->require_subcommand(1);
+  std::string email;
+  auto* acc_create = accounts->add_subcommand("create", "Create an account");
+  acc_create->add_option("EMAIL", email)->required();
+
+  auto* credits = cli.add_subcommand("credits", "Manage prepaid balances")->require_subcommand(1);
+  std::string account, usd;
+  std::optional<std::string> note;
+  auto* credits_add = credits->add_subcommand("add", "Add credits (USD) to an account");
+  credits_add->add_option("ACCOUNT", account, "Account id or email")->required();
+  credits_add->add_option("USD", usd, "Amount in USD, e.g. 5 or 0.25 (negative removes)")->required();
+  credits_add->add_option("--note", note, "Ledger description");
+
+  auto* keys_cmd = cli.add_subcommand("keys", "Manage API keys")->require_subcommand(1);
+  std::optional<std::string> key_name;
+  int expires_in = 0;
+  auto* keys_create = keys_cmd->add_subcommand("create", "Create an API key (printed once)");
+  keys_create->add_option("ACCOUNT", account, "Account id or email")->required();
+  keys_create->add_option("--name", key_name, "A name for the key");
+  keys_create->add_option("--expires-in", expires_in, "Days until the key expires")->check(CLI::PositiveNumber);
+  auto* keys_list = keys_cmd->add_subcommand("list", "List an account's keys");
+  keys_list->add_option("ACCOUNT", account, "Account id or email")->required();
+  std::string key_ref;
+  auto* keys_revoke = keys_cmd->add_subcommand("revoke", "Revoke a key");
+  keys_revoke->add_option("KEY_ID_OR_PREFIX", key_ref)->required();
+
+  auto* prices = cli.add_subcommand("prices", "Manage model prices")->require_subcommand(1);
+  std::string model, prompt_usd, completion_usd;
+  std::int64_t context_length = 0;
+  auto* prices_set = prices->add_subcommand("set", "Set a model's price (USD per token)");
+  prices_set->add_option("MODEL", model)->required();
+  prices_set->add_option("PROMPT_USD_PER_TOKEN", prompt_usd)->required();
+  prices_set->add_option("COMPLETION_USD_PER_TOKEN", completion_usd)->required();
+  prices_set->add_option("--context-length", context_length);
+
+  CLI11_PARSE(cli, argc, argv);
+
+  try {
+    Config cfg = Config::load(config_path);
+    if (serve_cmd->parsed()) return serve(cfg, port_file);
+    sql::PgConn db(cfg.database_url);
+    if (migrate_cmd->parsed()) {
+      auto applied = sql::migrate(db);
+      if (applied.empty()) fmt::print("schema is up to date\n");
+      for (const auto& m : applied) fmt::print("applied {}\n", m);
+    } else if (acc_create->parsed()) {
+      fmt::print("{}\n", sql::create_account(db, email));
+    } else if (credits_add->parsed()) {
+      auto user = sql::resolve_account(db, account);
+      fmt::print("balance: {} USD\n", sql::add_credits(db, user, usd, note));
+    } else if (keys_create->parsed()) {
+      auto user = sql::resolve_account(db, account);
+      auto k = sql::create_key(db, user, key_name, expires_in);
+      fmt::print("{}\n", k.raw_key);
+      fmt::print(stderr, "key id {} ({}…): store it now, it is not shown again\n", k.key_id, k.display_prefix);
+    } else if (keys_list->parsed()) {
+      auto user = sql::resolve_account(db, account);
+      fmt::print("{:<36}  {:<14} {:<8} {:<20} {:<20} {}\n", "ID", "PREFIX", "STATUS", "LAST USED", "EXPIRES", "NAME");
+      for (const auto& k : sql::list_keys(db, user))
+        fmt::print("{:<36}  {:<14} {:<8} {:<20} {:<20} {}\n", k.key_id, k.key_prefix, k.status, k.last_used_at,
+                   k.expires_at, k.name);
+    } else if (keys_revoke->parsed()) {
+      if (sql::revoke_key(db, key_ref) == 0) throw std::invalid_argument("no such key: " + key_ref);
+      fmt::print("revoked {}\n", key_ref);
+    } else if (prices_set->parsed()) {
+      sql::upsert_model_price(db, model, prompt_usd, completion_usd, context_length);
+      fmt::print("price of {} set\n", model);
+    }
+    return 0;
+  } catch (const std::invalid_argument& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  }
+}

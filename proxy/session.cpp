@@ -1,0 +1,603 @@
+// One client connection and the request path through it. Read top to bottom:
+//   run_session      — the connection loop (phase 1: parse & limit)
+//   handle_request   — routing, phase 2 (authenticate), 3 (read body), 4 (admit)
+//   forward          — phase 5: send upstream, relay the response (SSE event by event)
+//   record           — phases 6-8: price the usage, append the usage record
+#include "proxy/session.hpp"
+
+#include "keys/api_key.hpp"
+#include "proxy/wire.hpp"
+#include "sql/store.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/http.hpp>
+#include <fmt/format.h>
+#include <openssl/rand.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <random>
+
+namespace tollgate {
+namespace http = beast::http;
+using net::awaitable;
+using net::use_awaitable;
+constexpr auto tuple_awaitable = net::as_tuple(net::use_awaitable);
+
+namespace {
+
+constexpr std::chrono::seconds client_write_timeout{60};
+constexpr std::size_t header_limit = 16 * 1024;
+
+std::int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch()).count();
+}
+std::int64_t unix_now_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+/// 128 random bits, "req_" + 32 hex: unique across instances (usage_logs.request_id).
+std::string new_request_id() {
+  thread_local std::mt19937_64 rng = [] {
+    std::uint64_t seed[2];
+    if (RAND_bytes(reinterpret_cast<unsigned char*>(seed), sizeof seed) != 1)
+      seed[0] = std::random_device{}(), seed[1] = std::random_device{}();
+    std::seed_seq seq{seed[0], seed[1]};
+    return std::mt19937_64(seq);
+  }();
+  return fmt::format("req_{:016x}{:016x}", rng(), rng());
+}
+
+/// Per-request context: every phase reads and writes it.
+struct RequestCtx {
+  std::string request_id = new_request_id();
+  std::int64_t started_us = unix_now_us();
+  wire::Endpoint endpoint = wire::Endpoint::chat_completions;
+  std::string_view upstream_path;  ///< e.g. "/chat/completions" (appended to the base path)
+  keys::KeyCache::Record key;
+  pricing::PricingSnapshotPtr pricing;
+  const pricing::ModelPrice* price = nullptr;
+  std::string body;
+  wire::ParsedRequest req;
+  bool client_keep_alive = true;
+  std::string client_accept;
+};
+
+/// What happened upstream; phase 8 runs when `reached_upstream`.
+struct Outcome {
+  bool reached_upstream = false;
+  int status = 0;
+  std::optional<wire::Usage> usage;
+  std::int64_t delivered_chunks = 0;
+  bool client_aborted = false;
+  bool upstream_aborted = false;
+  bool midstream_error = false;
+  std::optional<std::string> generation_id, finish_reason;
+};
+
+void count_status(App& app, int status) {
+  auto& m = app.metrics;
+  (status < 400 ? m.responses_2xx : status < 500 ? m.responses_4xx : m.responses_5xx)++;
+}
+
+/// Writes a complete JSON response. Returns false if the client is gone.
+awaitable<bool> reply(beast::tcp_stream& client, App& app, const RequestCtx& ctx, http::status status,
+                      std::string body, bool keep_alive,
+                      std::initializer_list<std::pair<std::string_view, std::string>> headers = {}) {
+  http::response<http::string_body> res{status, 11};
+  res.set(http::field::content_type, "application/json");
+  res.set("x-request-id", ctx.request_id);
+  for (const auto& [k, v] : headers) res.set(k, v);
+  res.keep_alive(keep_alive);
+  res.body() = std::move(body);
+  res.prepare_payload();
+  count_status(app, static_cast<int>(status));
+  client.expires_after(client_write_timeout);
+  auto [ec, n] = co_await http::async_write(client, res, tuple_awaitable);
+  co_return !ec && keep_alive;
+}
+
+awaitable<bool> reply_error(beast::tcp_stream& client, App& app, const RequestCtx& ctx, http::status status,
+                            std::string_view message, std::string_view type, std::string_view code,
+                            bool keep_alive) {
+  co_return co_await reply(client, app, ctx, status, wire::error_body(message, type, code), keep_alive);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phases 6-8: price the usage and append the usage record (the writer thread batches it into
+// Postgres). Runs for every request that reached the upstream, whatever happened after.
+void record(App& app, const RequestCtx& ctx, const Outcome& out) {
+  if (!out.reached_upstream) return;
+  sql::UsageRecord r;
+  r.request_id = ctx.request_id;
+  r.user_id = ctx.key->user_id;
+  r.api_key_id = ctx.key->key_id;
+  r.model = ctx.req.model;
+  r.created_at_us = ctx.started_us;
+  std::optional<pricing::Picos> reported_cost;
+  if (out.usage) {
+    r.prompt_tokens = out.usage->prompt_tokens;
+    r.completion_tokens = out.usage->completion_tokens;
+    if (app.cfg.cost_from_upstream && out.usage->cost_usd)
+      reported_cost = pricing::parse_decimal(*out.usage->cost_usd, 12);
+  } else if (out.delivered_chunks > 0) {
+    // The stream ended without a usage chunk (client abort, upstream cut): bill what was
+    // delivered — one token per content chunk, and the prompt at ~4 bytes per token.
+    r.prompt_tokens = static_cast<std::int64_t>((ctx.body.size() + 3) / 4);
+    r.completion_tokens = out.delivered_chunks;
+  }
+  if (out.client_aborted) r.status = "client_aborted";
+  else if (out.upstream_aborted) r.status = "upstream_aborted";
+  else if (out.midstream_error) r.status = "upstream_error";
+  else if (out.status >= 200 && out.status < 300) r.status = "success";
+  else r.status = "upstream_error";
+  if (r.prompt_tokens > 0 || r.completion_tokens > 0 || reported_cost) {
+    pricing::Picos cost = reported_cost ? *reported_cost
+                                        : pricing::PricingSnapshot::token_cost(*ctx.price, r.prompt_tokens,
+                                                                               r.completion_tokens);
+    auto c = ctx.pricing->charge(ctx.req.model, cost);
+    r.cost = c.cost;
+    r.charge = c.charge;
+  }
+  r.request_metadata_json = fmt::format(
+      R"({{"endpoint":"{}","stream":{},"max_tokens":{},"body_bytes":{}}})", ctx.upstream_path,
+      ctx.req.stream, ctx.req.max_tokens ? std::to_string(*ctx.req.max_tokens) : "null", ctx.body.size());
+  r.response_metadata_json = fmt::format(
+      R"({{"status_code":{},"generation_id":{},"finish_reason":{},"delivered_chunks":{},"usage_reported":{},"duration_us":{}}})",
+      out.status, out.generation_id ? boost::json::serialize(boost::json::string(*out.generation_id)) : "null",
+      out.finish_reason ? boost::json::serialize(boost::json::string(*out.finish_reason)) : "null",
+      out.delivered_chunks, out.usage.has_value(), unix_now_us() - ctx.started_us);
+  app.usage.append(r);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase 5: forward. Sends the request upstream and relays the response. Returns an error code
+// only for failures before any response byte reached the client (the caller answers 502/504).
+
+/// Decides, per SSE event, what billing learns from it and whether the client gets it.
+bool inspect_event(std::string_view ev, const RequestCtx& ctx, Outcome& out) {
+  std::string data = wire::event_data(ev);
+  if (data.empty() || data == "[DONE]") return true;  // comments (": OPENROUTER PROCESSING"), end
+  bool maybe_usage = data.find("\"usage\"") != std::string::npos && data.find("\"usage\":null") == std::string::npos;
+  bool maybe_error = data.find("\"error\"") != std::string::npos;
+  if (maybe_usage || maybe_error || !out.generation_id) {
+    if (auto info = wire::inspect_json(data)) {
+      if (info->generation_id && !out.generation_id) out.generation_id = info->generation_id;
+      if (info->finish_reason) out.finish_reason = info->finish_reason;
+      if (info->error) out.midstream_error = true;
+      if (info->usage) {
+        out.usage = info->usage;
+        // Strip what the client did not ask for: the usage-only chunk we requested.
+        if (info->usage_only && !ctx.req.include_usage) return false;
+      }
+    }
+  } else if (auto fr = data.find("\"finish_reason\":\""); fr != std::string::npos) {
+    auto start = fr + 17;
+    out.finish_reason = data.substr(start, data.find('"', start) - start);
+  }
+  if (wire::chunk_has_output(data)) ++out.delivered_chunks;
+  return true;
+}
+
+template <class Stream>
+awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, beast::tcp_stream& client,
+                                      App& app, RequestCtx& ctx, Outcome& out, bool& upstream_reusable) {
+  const Config& cfg = app.cfg;
+  upstream_reusable = false;
+  http::request<http::string_body> req{http::verb::post, cfg.upstream.base_path + std::string(ctx.upstream_path), 11};
+  bool default_port = cfg.upstream.port == (cfg.upstream.tls ? "443" : "80");
+  req.set(http::field::host, default_port ? cfg.upstream.host : cfg.upstream.host + ":" + cfg.upstream.port);
+  if (!cfg.upstream_key.empty()) req.set(http::field::authorization, "Bearer " + cfg.upstream_key);
+  req.set(http::field::content_type, "application/json");
+  req.set(http::field::accept, ctx.client_accept.empty() ? "application/json" : ctx.client_accept);
+  req.set(http::field::user_agent, "tollgate/0.1");
+  req.keep_alive(true);
+  req.body() = wire::upstream_body(ctx.body, ctx.endpoint, ctx.req, cfg.default_max_tokens);
+  req.prepare_payload();
+
+  beast::get_lowest_layer(up).expires_after(cfg.upstream_response_timeout);
+  auto [send_ec, sent] = co_await http::async_write(up, req, tuple_awaitable);
+  if (send_ec) co_return send_ec;
+  out.reached_upstream = true;
+
+  http::response_parser<http::empty_body> hp;
+  hp.header_limit(64 * 1024);
+  auto [head_ec, head_n] = co_await http::async_read_header(up, upbuf, hp, tuple_awaitable);
+  if (head_ec) co_return head_ec;
+  out.status = hp.get().result_int();
+  std::string content_type(hp.get()[http::field::content_type]);
+  std::string generation_id(hp.get()["x-generation-id"]);
+  if (!generation_id.empty()) out.generation_id = generation_id;
+
+  if (content_type.rfind("text/event-stream", 0) != 0) {
+    // A complete JSON body (a non-streaming response or an upstream error).
+    http::response_parser<http::string_body> sp{std::move(hp)};
+    sp.body_limit(cfg.upstream_max_response_bytes);
+    auto [body_ec, body_n] = co_await http::async_read(up, upbuf, sp, tuple_awaitable);
+    if (body_ec) co_return body_ec;
+    auto& res = sp.get();
+    if (out.status >= 200 && out.status < 300) {
+      if (auto info = wire::inspect_json(res.body())) {
+        out.usage = info->usage;
+        out.finish_reason = info->finish_reason;
+        if (!out.generation_id) out.generation_id = info->generation_id;
+      }
+    } else {
+      ++app.metrics.upstream_errors;
+    }
+    upstream_reusable = res.keep_alive();
+    http::response<http::string_body> to_client{res.result(), 11};
+    to_client.set(http::field::content_type, content_type.empty() ? "application/json" : content_type);
+    to_client.set("x-request-id", ctx.request_id);
+    if (out.generation_id) to_client.set("x-generation-id", *out.generation_id);
+    if (auto ra = res[http::field::retry_after]; !ra.empty()) to_client.set(http::field::retry_after, ra);
+    to_client.keep_alive(ctx.client_keep_alive);
+    to_client.body() = std::move(res.body());
+    to_client.prepare_payload();
+    count_status(app, out.status);
+    client.expires_after(client_write_timeout);
+    auto [reply_ec, reply_n] = co_await http::async_write(client, to_client, tuple_awaitable);
+    if (reply_ec) {
+      out.client_aborted = true;
+      ++app.metrics.client_aborts;
+    }
+    co_return beast::error_code{};
+  }
+
+  // Server-sent events: headers now, then each event as soon as it is complete.
+  ++app.metrics.streams;
+  http::response_parser<http::buffer_body> bp{std::move(hp)};
+  http::response<http::empty_body> head{static_cast<http::status>(out.status), 11};
+  head.set(http::field::content_type, content_type);
+  head.set(http::field::cache_control, "no-cache");
+  head.set("x-request-id", ctx.request_id);
+  if (out.generation_id) head.set("x-generation-id", *out.generation_id);
+  head.keep_alive(ctx.client_keep_alive);
+  head.chunked(true);
+  http::response_serializer<http::empty_body> sr{head};
+  count_status(app, out.status);
+  client.expires_after(client_write_timeout);
+  auto [head_write_ec, head_written] = co_await http::async_write_header(client, sr, tuple_awaitable);
+  if (head_write_ec) {
+    out.client_aborted = true;
+    ++app.metrics.client_aborts;
+    co_return beast::error_code{};
+  }
+  wire::SseSplitter splitter;
+  std::string to_send;
+  char buf[16 * 1024];
+  while (!bp.is_done()) {
+    bp.get().body().data = buf;
+    bp.get().body().size = sizeof buf;
+    beast::get_lowest_layer(up).expires_after(cfg.upstream_idle_timeout);
+    auto [ec, n] = co_await http::async_read_some(up, upbuf, bp, tuple_awaitable);
+    if (ec == http::error::need_buffer) ec = {};
+    if (ec) {
+      out.upstream_aborted = true;
+      spdlog::warn("{}: upstream stream ended early: {}", ctx.request_id, ec.message());
+      break;
+    }
+    std::size_t got = sizeof buf - bp.get().body().size;
+    if (got == 0) continue;
+    to_send.clear();
+    splitter.feed(std::string_view(buf, got), [&](std::string_view ev) {
+      if (inspect_event(ev, ctx, out)) to_send.append(ev);
+    });
+    if (to_send.empty()) continue;
+    client.expires_after(client_write_timeout);
+    auto [chunk_ec, chunk_n] = co_await net::async_write(client, http::make_chunk(net::buffer(to_send)), tuple_awaitable);
+    if (chunk_ec) {
+      out.client_aborted = true;  // the upstream connection is dropped: generation stops
+      ++app.metrics.client_aborts;
+      co_return beast::error_code{};
+    }
+  }
+  to_send.assign(splitter.pending());  // an unterminated last event, passed through as is
+  if (out.upstream_aborted)
+    to_send += "data: " + wire::error_body("The upstream connection was lost mid-stream.", "upstream_error",
+                                           "upstream_disconnected") + "\n\n";
+  if (!to_send.empty()) {
+    auto [wec, wn] = co_await net::async_write(client, http::make_chunk(net::buffer(to_send)), tuple_awaitable);
+    if (wec) out.client_aborted = true;
+  }
+  if (!out.client_aborted) {
+    auto [wec, wn] = co_await net::async_write(client, http::make_chunk_last(), tuple_awaitable);
+    if (wec) out.client_aborted = true;
+  }
+  upstream_reusable = !out.upstream_aborted && bp.is_done() && bp.get().keep_alive();
+  co_return beast::error_code{};
+}
+
+/// Phase 5 with connection management: a pooled connection the upstream already closed gets
+/// one retry on a fresh connection (nothing was processed upstream in that case).
+awaitable<bool> forward(beast::tcp_stream& client, App& app, UpstreamPool& pool, RequestCtx& ctx, Outcome& out) {
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    std::unique_ptr<UpstreamConnection> conn;
+    beast::error_code ec;
+    try {
+      if (attempt == 0) conn = co_await pool.acquire();
+      else conn = co_await pool.connect();
+    } catch (const boost::system::system_error& e) {
+      ec = e.code();
+    }
+    bool reusable = false;
+    if (conn) {
+      ec = co_await std::visit(
+          [&](auto& s) { return exchange(s, conn->buffer, client, app, ctx, out, reusable); }, conn->stream);
+    }
+    if (!ec) {
+      if (reusable) pool.release(std::move(conn));
+      co_return !out.client_aborted && ctx.client_keep_alive;
+    }
+    bool stale = conn && conn->reused && out.status == 0 &&
+                 (ec == http::error::end_of_stream || ec == net::error::connection_reset ||
+                  ec == net::error::broken_pipe || ec == net::error::eof);
+    if (stale) {
+      out = Outcome{};  // the upstream closed an idle connection before reading our request
+      continue;
+    }
+    out.upstream_aborted = out.reached_upstream;
+    if (out.status != 0) co_return false;  // response started but broken: the client connection is unusable
+    ++app.metrics.upstream_connect_failures;
+    bool timeout = ec == beast::error::timeout;
+    spdlog::warn("{}: upstream {}: {}", ctx.request_id, timeout ? "timed out" : "unreachable", ec.message());
+    co_return co_await reply_error(
+        client, app, ctx, timeout ? http::status::gateway_timeout : http::status::bad_gateway,
+        timeout ? "The upstream did not answer in time." : "The upstream could not be reached.",
+        "upstream_error", timeout ? "upstream_timeout" : "bad_gateway", ctx.client_keep_alive);
+  }
+  co_return false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase 2: authenticate. Returns the key record, or nullptr after answering 401/503.
+awaitable<keys::KeyCache::Record> authenticate(beast::tcp_stream& client, App& app, RequestCtx& ctx,
+                                               std::string_view authorization, bool& keep_alive) {
+  auto deny = [&](std::string_view msg) -> awaitable<keys::KeyCache::Record> {
+    ++app.metrics.auth_failures;
+    keep_alive = co_await reply_error(client, app, ctx, http::status::unauthorized, msg,
+                                      "invalid_request_error", "invalid_api_key", keep_alive);
+    co_return nullptr;
+  };
+  auto token = keys::bearer_token(authorization);
+  if (!token)
+    co_return co_await deny("You didn't provide an API key. Send it as 'Authorization: Bearer tg_…'.");
+  if (!keys::is_well_formed(*token)) co_return co_await deny("Incorrect API key provided.");
+  std::string hash = keys::hash_key(*token);
+  auto now = keys::KeyCache::Clock::now();
+  keys::KeyCache::Record rec;
+  if (auto cached = app.key_cache.find(hash, now)) {
+    ++app.metrics.key_cache_hits;
+    rec = *cached;
+  } else {
+    ++app.metrics.key_cache_misses;
+    auto gen = app.key_cache.generation();
+    bool failed = false;
+    try {
+      // A named lambda: GCC 12 double-destroys lambda temporaries inside co_await expressions.
+      auto query = [hash](sql::PgConn& db) { return sql::lookup_key(db, hash); };
+      auto found = co_await app.lookups.run(query);
+      if (found) rec = std::make_shared<const keys::KeyRecord>(std::move(*found));
+      app.key_cache.put(hash, rec, gen, now);
+    } catch (const std::exception& e) {
+      spdlog::error("{}: key lookup failed: {}", ctx.request_id, e.what());
+      failed = true;
+    }
+    if (failed) {
+      keep_alive = co_await reply_error(client, app, ctx, http::status::service_unavailable,
+                                        "Authentication is temporarily unavailable; retry shortly.",
+                                        "service_unavailable", "auth_unavailable", keep_alive);
+      co_return nullptr;
+    }
+  }
+  if (!rec) co_return co_await deny("Incorrect API key provided.");
+  if (!rec->is_active) co_return co_await deny("This API key has been revoked.");
+  if (!rec->usable_at(unix_now())) co_return co_await deny("This API key has expired.");
+  co_return rec;
+}
+
+awaitable<bool> list_models(beast::tcp_stream& client, App& app, RequestCtx& ctx) {
+  auto snap = app.pricing.load();
+  std::vector<std::string> ids;
+  for (const auto& [id, p] : snap->prices()) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  std::string body = R"({"object":"list","data":[)";
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    auto slash = ids[i].find('/');
+    fmt::format_to(std::back_inserter(body), R"({}{{"id":{},"object":"model","created":0,"owned_by":{}}})",
+                   i ? "," : "", boost::json::serialize(boost::json::string(ids[i])),
+                   boost::json::serialize(boost::json::string(slash == std::string::npos ? "tollgate" : ids[i].substr(0, slash))));
+  }
+  body += "]}";
+  co_return co_await reply(client, app, ctx, http::status::ok, std::move(body), ctx.client_keep_alive);
+}
+
+std::string metrics_text(App& app) {
+  auto& m = app.metrics;
+  auto u = app.usage.stats();
+  return fmt::format(
+      "tollgate_requests_total {}\ntollgate_responses_total{{class=\"2xx\"}} {}\n"
+      "tollgate_responses_total{{class=\"4xx\"}} {}\ntollgate_responses_total{{class=\"5xx\"}} {}\n"
+      "tollgate_auth_failures_total {}\ntollgate_insufficient_balance_total {}\n"
+      "tollgate_upstream_errors_total {}\ntollgate_upstream_connect_failures_total {}\n"
+      "tollgate_client_aborts_total {}\ntollgate_streams_total {}\n"
+      "tollgate_key_cache_hits_total {}\ntollgate_key_cache_misses_total {}\n"
+      "tollgate_active_requests {}\ntollgate_usage_records_appended_total {}\n"
+      "tollgate_usage_records_committed_total {}\ntollgate_usage_records_queued {}\n"
+      "tollgate_usage_batch_failures_total {}\n",
+      m.requests.load(), m.responses_2xx.load(), m.responses_4xx.load(), m.responses_5xx.load(),
+      m.auth_failures.load(), m.insufficient_balance.load(), m.upstream_errors.load(),
+      m.upstream_connect_failures.load(), m.client_aborts.load(), m.streams.load(),
+      m.key_cache_hits.load(), m.key_cache_misses.load(), m.active_requests.load(), u.appended,
+      u.committed, u.queued, u.failures);
+}
+
+struct ActiveGuard {
+  Metrics& m;
+  explicit ActiveGuard(Metrics& mm) : m(mm) { ++m.active_requests; }
+  ~ActiveGuard() { --m.active_requests; }
+};
+
+/// Routing and phases 2-4, then forward and record. Returns whether to keep the connection.
+awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& buf,
+                               http::request_parser<http::empty_body>& hp, App& app, UpstreamPool& pool) {
+  ActiveGuard active(app.metrics);
+  ++app.metrics.requests;
+  RequestCtx ctx;
+  auto& h = hp.get();
+  // A body we do not read leaves the connection mid-message: close it after answering.
+  bool keep_alive = h.keep_alive() && hp.is_done();
+  ctx.client_keep_alive = h.keep_alive();
+  std::string_view target(h.target().data(), h.target().size());
+  target = target.substr(0, target.find('?'));
+  if (target.size() > 1 && target.back() == '/') target.remove_suffix(1);
+
+  if (target == "/healthz" && h.method() == http::verb::get)
+    co_return co_await reply(client, app, ctx, http::status::ok, R"({"status":"ok"})", keep_alive);
+  if (target == "/metrics" && h.method() == http::verb::get) {
+    http::response<http::string_body> res{http::status::ok, 11};
+    res.set(http::field::content_type, "text/plain; version=0.0.4");
+    res.keep_alive(keep_alive);
+    res.body() = metrics_text(app);
+    res.prepare_payload();
+    auto [ec, n] = co_await http::async_write(client, res, tuple_awaitable);
+    co_return !ec && keep_alive;
+  }
+
+  bool is_post = true;
+  if (target == "/v1/chat/completions") ctx.endpoint = wire::Endpoint::chat_completions, ctx.upstream_path = "/chat/completions";
+  else if (target == "/v1/completions") ctx.endpoint = wire::Endpoint::completions, ctx.upstream_path = "/completions";
+  else if (target == "/v1/embeddings") ctx.endpoint = wire::Endpoint::embeddings, ctx.upstream_path = "/embeddings";
+  else if (target == "/v1/models") is_post = false;
+  else
+    co_return co_await reply_error(client, app, ctx, http::status::not_found,
+                                   fmt::format("Unknown request URL: {} {}.", std::string(h.method_string()),
+                                               std::string(target.substr(0, 200))),
+                                   "invalid_request_error", "unknown_url", keep_alive);
+  if (h.method() != (is_post ? http::verb::post : http::verb::get))
+    co_return co_await reply_error(client, app, ctx, http::status::method_not_allowed,
+                                   fmt::format("Use {} for {}.", is_post ? "POST" : "GET", std::string(target)),
+                                   "invalid_request_error", "method_not_allowed", keep_alive);
+
+  // Phase 2: authenticate (before reading any body).
+  ctx.key = co_await authenticate(client, app, ctx, h[http::field::authorization], keep_alive);
+  if (!ctx.key) co_return keep_alive;
+  ctx.pricing = app.pricing.load();
+  if (!is_post) co_return co_await list_models(client, app, ctx);
+
+  // Phase 3: read and parse the body.
+  ctx.client_accept = std::string(h[http::field::accept]);
+  if (beast::iequals(h[http::field::expect], "100-continue")) {
+    static constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
+    auto [cont_ec, cont_n] = co_await net::async_write(client, net::buffer(cont), tuple_awaitable);
+    if (cont_ec) co_return false;
+  }
+  http::request_parser<http::string_body> bp{std::move(hp)};
+  bp.body_limit(app.cfg.max_body_bytes);
+  client.expires_after(app.cfg.client_idle_timeout);
+  auto [read_ec, read_n] = co_await http::async_read(client, buf, bp, tuple_awaitable);
+  if (read_ec) {
+    if (read_ec == http::error::body_limit)
+      co_return co_await reply_error(client, app, ctx, http::status::payload_too_large,
+                                     fmt::format("The request body exceeds {} bytes.", app.cfg.max_body_bytes),
+                                     "invalid_request_error", "request_too_large", false);
+    co_return false;  // client went away or sent a malformed body: nothing to answer
+  }
+  ctx.body = std::move(bp.get().body());
+  wire::RequestError perr;
+  auto parsed = wire::parse_request(ctx.body, perr);
+  if (!parsed)
+    co_return co_await reply_error(client, app, ctx, static_cast<http::status>(perr.status), perr.message,
+                                   "invalid_request_error", perr.code, ctx.client_keep_alive);
+  ctx.req = std::move(*parsed);
+  if (ctx.endpoint == wire::Endpoint::embeddings && ctx.req.stream)
+    co_return co_await reply_error(client, app, ctx, http::status::bad_request,
+                                   "Embeddings cannot be streamed.", "invalid_request_error",
+                                   "invalid_value", ctx.client_keep_alive);
+  ctx.price = ctx.pricing->price(ctx.req.model);
+  if (!ctx.price)
+    co_return co_await reply_error(client, app, ctx, http::status::bad_request,
+                                   fmt::format("The model '{}' is not available on this gateway.", ctx.req.model),
+                                   "invalid_request_error", "model_not_found", ctx.client_keep_alive);
+
+  // Phase 4: admit — the balance must cover the worst case: every body byte a prompt token
+  // (an upper bound for text), plus max_tokens (or the default cap we send) of completion.
+  std::int64_t prompt_max = static_cast<std::int64_t>(ctx.body.size()) / app.cfg.prompt_bytes_per_token + 1;
+  std::int64_t completion_max = ctx.endpoint == wire::Endpoint::embeddings
+                                    ? 0 : ctx.req.max_tokens.value_or(app.cfg.default_max_tokens);
+  pricing::Micros worst =
+      ctx.pricing->charge(ctx.req.model, pricing::PricingSnapshot::token_cost(*ctx.price, prompt_max, completion_max)).charge;
+  std::optional<pricing::Micros> balance;
+  bool failed = false;
+  try {
+    auto query = [user = ctx.key->user_id](sql::PgConn& db) { return sql::balance_of(db, user); };
+    balance = co_await app.lookups.run(query);
+  } catch (const std::exception& e) {
+    spdlog::error("{}: balance check failed: {}", ctx.request_id, e.what());
+    failed = true;
+  }
+  if (failed) {
+    co_return co_await reply_error(client, app, ctx, http::status::service_unavailable,
+                                   "Billing is temporarily unavailable; retry shortly.", "service_unavailable",
+                                   "billing_unavailable", ctx.client_keep_alive);
+  }
+  if (!balance || *balance + ctx.key->overdraft_micros < worst) {
+    ++app.metrics.insufficient_balance;
+    co_return co_await reply_error(
+        client, app, ctx, http::status::payment_required,
+        fmt::format("This request requires more credits, or fewer max_tokens: its worst case costs ${} and "
+                    "the balance is ${}.", pricing::format_micros(worst), pricing::format_micros(balance.value_or(0))),
+        "insufficient_quota", "insufficient_credits", ctx.client_keep_alive);
+  }
+
+  // Phase 5: forward; phases 6-8 always follow once the upstream was reached.
+  Outcome out;
+  bool keep = co_await forward(client, app, pool, ctx, out);
+  record(app, ctx, out);
+  co_return keep;
+}
+
+}  // namespace
+
+awaitable<void> run_session(beast::tcp_stream client, App& app, UpstreamPool& pool) {
+  beast::flat_buffer buf;
+  for (;;) {
+    // Phase 1: parse & limit. Beast's parser rejects malformed framing (conflicting
+    // Content-Length / Transfer-Encoding: request smuggling) with an error.
+    http::request_parser<http::empty_body> hp;
+    hp.header_limit(header_limit);
+    hp.body_limit(app.cfg.max_body_bytes);
+    client.expires_after(app.cfg.client_idle_timeout);
+    auto [ec, n] = co_await http::async_read_header(client, buf, hp, tuple_awaitable);
+    if (ec) {
+      if (ec == http::error::body_limit) {
+        RequestCtx ctx;
+        co_await reply_error(client, app, ctx, http::status::payload_too_large,
+                             fmt::format("The request body exceeds {} bytes.", app.cfg.max_body_bytes),
+                             "invalid_request_error", "request_too_large", false);
+      } else if (ec.category() == beast::error_code(http::error::end_of_stream).category() &&
+                 ec != http::error::end_of_stream && ec != http::error::partial_message) {
+        RequestCtx ctx;
+        co_await reply_error(client, app, ctx, http::status::bad_request, "Malformed HTTP request.",
+                             "invalid_request_error", "bad_request", false);
+      }
+      break;  // end of stream, timeout or reset: nothing more to say
+    }
+    bool keep = false;
+    try {
+      keep = co_await handle_request(client, buf, hp, app, pool);
+    } catch (const std::exception& e) {
+      spdlog::error("request failed: {}", e.what());
+      break;
+    }
+    if (!keep) break;
+  }
+  beast::error_code ec;
+  client.socket().shutdown(net::ip::tcp::socket::shutdown_send, ec);  // peer may already be gone
+}
+
+}  // namespace tollgate

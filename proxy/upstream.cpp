@@ -1,0 +1,56 @@
+#include "proxy/upstream.hpp"
+
+#include <boost/asio/ssl/host_name_verification.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+namespace tollgate {
+
+net::ssl::context make_upstream_tls_context() {
+  net::ssl::context ctx(net::ssl::context::tls_client);
+  ctx.set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
+                  net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1 |
+                  net::ssl::context::no_tlsv1_1);
+  ctx.set_default_verify_paths();
+  ctx.set_verify_mode(net::ssl::verify_peer);
+  return ctx;
+}
+
+UpstreamPool::UpstreamPool(net::any_io_executor ex, const Config& cfg, net::ssl::context& tls)
+    : ex_(ex), cfg_(cfg), tls_(tls), resolver_(ex) {}
+
+net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamPool::acquire() {
+  if (!idle_.empty()) {
+    auto c = std::move(idle_.back());
+    idle_.pop_back();
+    c->reused = true;
+    co_return c;
+  }
+  co_return co_await connect();
+}
+
+net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamPool::connect() {
+  const auto& u = cfg_.upstream;
+  auto endpoints = co_await resolver_.async_resolve(u.host, u.port, net::use_awaitable);
+  beast::tcp_stream tcp(ex_);
+  tcp.expires_after(cfg_.upstream_connect_timeout);
+  co_await tcp.async_connect(endpoints, net::use_awaitable);
+  tcp.socket().set_option(net::ip::tcp::no_delay(true));
+  if (!u.tls) co_return std::make_unique<UpstreamConnection>(std::move(tcp));
+
+  UpstreamConnection::Tls tls(std::move(tcp), tls_);
+  // SNI, and verify that the certificate names the host.
+  if (!SSL_set_tlsext_host_name(tls.native_handle(), u.host.c_str()))
+    throw boost::system::system_error(
+        beast::error_code(static_cast<int>(::ERR_get_error()), net::error::get_ssl_category()));
+  tls.set_verify_callback(net::ssl::host_name_verification(u.host));
+  co_await tls.async_handshake(net::ssl::stream_base::client, net::use_awaitable);
+  co_return std::make_unique<UpstreamConnection>(std::move(tls));
+}
+
+void UpstreamPool::release(std::unique_ptr<UpstreamConnection> c) {
+  if (idle_.size() >= cfg_.upstream_max_idle_connections) return;  // closes it
+  c->lowest().expires_never();
+  idle_.push_back(std::move(c));
+}
+
+}  // namespace tollgate

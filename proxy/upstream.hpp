@@ -1,0 +1,65 @@
+#pragma once
+// Phase 5 transport: keep-alive connections to the upstream (HTTPS with certificate and host
+// name verification and SNI, or plain HTTP for local upstreams). One pool per event-loop
+// thread, so no locking; connections idle longer than the upstream's keep-alive are detected
+// on reuse and the request retried once on a fresh connection.
+#include "proxy/config.hpp"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
+
+#include <memory>
+#include <variant>
+#include <vector>
+
+namespace tollgate {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+
+/// One connection to the upstream and its read buffer.
+struct UpstreamConnection {
+  using Plain = beast::tcp_stream;
+  using Tls = beast::ssl_stream<beast::tcp_stream>;
+  std::variant<Plain, Tls> stream;
+  beast::flat_buffer buffer;
+  bool reused = false;  ///< came from the idle pool (may have been closed by the peer)
+
+  explicit UpstreamConnection(Plain s) : stream(std::move(s)) {}
+  explicit UpstreamConnection(Tls s) : stream(std::move(s)) {}
+  beast::tcp_stream& lowest() {
+    return std::visit([](auto& s) -> beast::tcp_stream& { return beast::get_lowest_layer(s); }, stream);
+  }
+};
+
+/// Creates the TLS context for upstream connections: TLS ≥ 1.2, system trust store, peer
+/// verification on.
+net::ssl::context make_upstream_tls_context();
+
+class UpstreamPool {
+ public:
+  UpstreamPool(net::any_io_executor ex, const Config& cfg, net::ssl::context& tls);
+
+  /// An idle connection if one is pooled, else a new one (resolve, connect, TLS handshake),
+  /// all within the connect timeout. Throws boost::system::system_error on failure.
+  net::awaitable<std::unique_ptr<UpstreamConnection>> acquire();
+  /// A fresh connection, never from the pool.
+  net::awaitable<std::unique_ptr<UpstreamConnection>> connect();
+  /// Returns a connection whose last response was read completely and allows keep-alive.
+  void release(std::unique_ptr<UpstreamConnection> c);
+
+  std::size_t idle() const { return idle_.size(); }
+
+ private:
+  net::any_io_executor ex_;
+  const Config& cfg_;
+  net::ssl::context& tls_;
+  net::ip::tcp::resolver resolver_;
+  std::vector<std::unique_ptr<UpstreamConnection>> idle_;
+};
+
+}  // namespace tollgate

@@ -1,0 +1,210 @@
+#include "proxy/wire.hpp"
+
+#include <boost/json.hpp>
+#include <fmt/format.h>
+#include <simdjson.h>
+
+#include <cstring>
+
+namespace tollgate::wire {
+namespace od = simdjson::ondemand;
+
+namespace {
+
+thread_local od::parser tl_parser;
+
+/// simdjson reads up to SIMDJSON_PADDING bytes past the end: make sure they are ours.
+simdjson::padded_string_view padded(std::string& s) {
+  if (s.capacity() < s.size() + simdjson::SIMDJSON_PADDING) s.reserve(s.size() + simdjson::SIMDJSON_PADDING);
+  return simdjson::padded_string_view(s.data(), s.size(), s.capacity());
+}
+
+std::string json_escape(std::string_view s) {
+  return boost::json::serialize(boost::json::string_view(s.data(), s.size()));
+}
+
+}  // namespace
+
+std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err) {
+  auto fail = [&](std::string msg, std::string code = "invalid_request_error") {
+    err = RequestError{400, std::move(msg), std::move(code)};
+    return std::nullopt;
+  };
+  ParsedRequest out;
+  od::document doc;
+  if (tl_parser.iterate(padded(body)).get(doc) != simdjson::SUCCESS)
+    return fail("We could not parse the JSON body of your request.", "invalid_json");
+  od::object obj;
+  if (doc.get_object().get(obj) != simdjson::SUCCESS)
+    return fail("The request body must be a JSON object.", "invalid_json");
+  bool have_model = false;
+  for (auto field : obj) {
+    std::string_view key;
+    if (field.unescaped_key().get(key) != simdjson::SUCCESS)
+      return fail("We could not parse the JSON body of your request.", "invalid_json");
+    od::value v;
+    if (field.value().get(v) != simdjson::SUCCESS)
+      return fail("We could not parse the JSON body of your request.", "invalid_json");
+    if (key == "model") {
+      std::string_view m;
+      if (v.get_string().get(m) != simdjson::SUCCESS || m.empty() || m.size() > 256)
+        return fail("'model' must be a non-empty string.", "invalid_model");
+      out.model = std::string(m);
+      have_model = true;
+    } else if (key == "stream") {
+      bool b;
+      if (v.is_null().value_unsafe()) continue;
+      if (v.get_bool().get(b) != simdjson::SUCCESS) return fail("'stream' must be a boolean.", "invalid_value");
+      out.stream = b;
+    } else if (key == "max_tokens" || key == "max_completion_tokens") {
+      if (v.is_null().value_unsafe()) continue;
+      std::int64_t n;
+      if (v.get_int64().get(n) != simdjson::SUCCESS || n < 1)
+        return fail(fmt::format("'{}' must be a positive integer.", key), "invalid_value");
+      if (!out.max_tokens || key == "max_tokens") out.max_tokens = n;
+    } else if (key == "stream_options") {
+      if (v.is_null().value_unsafe()) continue;
+      od::object so;
+      if (v.get_object().get(so) != simdjson::SUCCESS)
+        return fail("'stream_options' must be an object.", "invalid_value");
+      out.has_stream_options = true;
+      for (auto f2 : so) {
+        std::string_view k2;
+        if (f2.unescaped_key().get(k2) != simdjson::SUCCESS)
+          return fail("We could not parse the JSON body of your request.", "invalid_json");
+        if (k2 == "include_usage") {
+          bool b = false;
+          if (f2.value().get_bool().get(b) != simdjson::SUCCESS)
+            return fail("'stream_options.include_usage' must be a boolean.", "invalid_value");
+          out.include_usage = b;
+        }
+      }
+    }
+  }
+  const char* trailing = nullptr;  // anything but whitespace after the object is an error
+  if (doc.current_location().get(trailing) == simdjson::SUCCESS) return fail("We could not parse the JSON body of your request.", "invalid_json");
+  if (!have_model) return fail("you must provide a model parameter", "missing_model");
+  return out;
+}
+
+std::string upstream_body(std::string_view body, Endpoint ep, const ParsedRequest& req,
+                          std::int64_t default_max_tokens) {
+  bool want_usage = req.stream && !req.include_usage && ep != Endpoint::embeddings;
+  bool want_cap = !req.max_tokens && ep != Endpoint::embeddings;
+  if (!want_usage && !want_cap) return std::string(body);
+  if (want_usage && req.has_stream_options) {
+    // Rare: the client sent stream_options without include_usage; edit it as a document.
+    boost::json::object o = boost::json::parse(boost::json::string_view(body.data(), body.size())).as_object();
+    o["stream_options"].as_object()["include_usage"] = true;
+    if (want_cap) o["max_tokens"] = default_max_tokens;
+    return boost::json::serialize(o);
+  }
+  // Common case: insert the absent keys right after the opening brace (the body has at least
+  // "model", so a comma always follows).
+  std::size_t brace = body.find('{');
+  std::string out;
+  out.reserve(body.size() + 64);
+  out.append(body.substr(0, brace + 1));
+  if (want_usage) out.append(R"("stream_options":{"include_usage":true},)");
+  if (want_cap) fmt::format_to(std::back_inserter(out), R"("max_tokens":{},)", default_max_tokens);
+  out.append(body.substr(brace + 1));
+  return out;
+}
+
+std::optional<ChunkInfo> inspect_json(std::string_view json) {
+  thread_local std::string buf;
+  buf.assign(json);
+  od::document doc;
+  if (tl_parser.iterate(padded(buf)).get(doc) != simdjson::SUCCESS) return std::nullopt;
+  od::object obj;
+  if (doc.get_object().get(obj) != simdjson::SUCCESS) return std::nullopt;
+  ChunkInfo info;
+  bool choices_empty = false, have_choices = false;
+  for (auto field : obj) {
+    std::string_view key;
+    if (field.unescaped_key().get(key) != simdjson::SUCCESS) return std::nullopt;
+    od::value v;
+    if (field.value().get(v) != simdjson::SUCCESS) return std::nullopt;
+    if (key == "id") {
+      std::string_view id;
+      if (v.get_string().get(id) == simdjson::SUCCESS) info.generation_id = std::string(id);
+    } else if (key == "error") {
+      if (!v.is_null().value_unsafe()) info.error = true;
+    } else if (key == "choices") {
+      od::array arr;
+      if (v.get_array().get(arr) != simdjson::SUCCESS) continue;
+      have_choices = true;
+      choices_empty = true;
+      for (auto el : arr) {
+        choices_empty = false;
+        od::object c;
+        if (el.get_object().get(c) != simdjson::SUCCESS) continue;
+        std::string_view fr;
+        if (c.find_field_unordered("finish_reason").get_string().get(fr) == simdjson::SUCCESS)
+          info.finish_reason = std::string(fr);
+      }
+    } else if (key == "usage") {
+      od::object u;
+      if (v.get_object().get(u) != simdjson::SUCCESS) continue;  // null
+      Usage usage;
+      for (auto uf : u) {
+        std::string_view uk;
+        if (uf.unescaped_key().get(uk) != simdjson::SUCCESS) break;
+        od::value uv;
+        if (uf.value().get(uv) != simdjson::SUCCESS) break;
+        if (uk == "prompt_tokens") {
+          std::int64_t n;
+          if (uv.get_int64().get(n) == simdjson::SUCCESS) usage.prompt_tokens = n;
+        } else if (uk == "completion_tokens") {
+          std::int64_t n;
+          if (uv.get_int64().get(n) == simdjson::SUCCESS) usage.completion_tokens = n;
+        } else if (uk == "cost") {
+          std::string_view raw;
+          if (uv.type().value_unsafe() == od::json_type::number) {
+            raw = uv.raw_json_token();
+            while (!raw.empty() && (raw.back() == ' ' || raw.back() == '\n' || raw.back() == '\r' || raw.back() == '\t'))
+              raw.remove_suffix(1);
+            usage.cost_usd = std::string(raw);
+          }
+        }
+      }
+      info.usage = usage;
+    }
+  }
+  info.usage_only = have_choices && choices_empty && info.usage.has_value();
+  return info;
+}
+
+bool chunk_has_output(std::string_view d) noexcept {
+  for (std::string_view k : {std::string_view(R"("content":")"), std::string_view(R"("text":")")}) {
+    auto p = d.find(k);
+    if (p != std::string_view::npos && p + k.size() < d.size() && d[p + k.size()] != '"') return true;
+  }
+  return d.find(R"("tool_calls":[{)") != std::string_view::npos;
+}
+
+std::string event_data(std::string_view ev) {
+  std::string out;
+  bool first = true;
+  while (!ev.empty()) {
+    auto eol = ev.find_first_of("\r\n");
+    std::string_view line = ev.substr(0, eol);
+    if (line.size() >= 5 && line.substr(0, 5) == "data:") {
+      line.remove_prefix(5);
+      if (!line.empty() && line.front() == ' ') line.remove_prefix(1);
+      if (!first) out.push_back('\n');
+      out.append(line);
+      first = false;
+    }
+    if (eol == std::string_view::npos) break;
+    ev.remove_prefix(eol + 1);
+  }
+  return out;
+}
+
+std::string error_body(std::string_view message, std::string_view type, std::string_view code) {
+  return fmt::format(R"({{"error":{{"message":{},"type":{},"param":null,"code":{}}}}})",
+                     json_escape(message), json_escape(type), json_escape(code));
+}
+
+}  // namespace tollgate::wire

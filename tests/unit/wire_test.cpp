@@ -1,0 +1,108 @@
+#include "proxy/wire.hpp"
+
+#include <boost/json.hpp>
+#include <catch2/catch.hpp>
+
+using namespace tollgate::wire;
+
+namespace {
+std::optional<ParsedRequest> parse(std::string body, RequestError& err) { return parse_request(body, err); }
+}  // namespace
+
+TEST_CASE("request fields are read") {
+  RequestError err;
+  auto r = parse(R"({"model":"openai/gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":64})", err);
+  REQUIRE(r);
+  CHECK(r->model == "openai/gpt-4o-mini");
+  CHECK(r->stream);
+  CHECK(r->max_tokens == 64);
+  CHECK_FALSE(r->include_usage);
+  auto r2 = parse(R"({"model":"m","max_completion_tokens":7,"stream_options":{"include_usage":true}})", err);
+  REQUIRE(r2);
+  CHECK(r2->max_tokens == 7);
+  CHECK(r2->include_usage);
+  CHECK(r2->has_stream_options);
+}
+
+TEST_CASE("bad requests get a 400 with a reason") {
+  RequestError err;
+  CHECK_FALSE(parse("{not json", err));
+  CHECK(err.status == 400);
+  CHECK(err.code == "invalid_json");
+  CHECK_FALSE(parse("[1,2]", err));
+  CHECK_FALSE(parse(R"({"messages":[]})", err));
+  CHECK(err.code == "missing_model");
+  CHECK_FALSE(parse(R"({"model":42})", err));
+  CHECK(err.code == "invalid_model");
+  CHECK_FALSE(parse(R"({"model":""})", err));
+  CHECK_FALSE(parse(R"({"model":"m","max_tokens":-1})", err));
+  CHECK_FALSE(parse(R"({"model":"m","stream":"yes"})", err));
+  CHECK_FALSE(parse(R"({"model":"m"} trailing)", err));
+  CHECK_FALSE(parse("", err));
+}
+
+TEST_CASE("upstream body asks for usage and caps max_tokens only where absent") {
+  RequestError err;
+  std::string body = R"({"model":"m","stream":true,"messages":[]})";
+  auto r = parse(body, err);
+  REQUIRE(r);
+  auto up = boost::json::parse(upstream_body(body, Endpoint::chat_completions, *r, 4096)).as_object();
+  CHECK(up["stream_options"].as_object()["include_usage"].as_bool());
+  CHECK(up["max_tokens"].as_int64() == 4096);
+  CHECK(up["model"].as_string() == "m");
+
+  std::string body2 = R"({"model":"m","stream":true,"stream_options":{"include_usage":false},"max_tokens":5})";
+  auto r2 = parse(body2, err);
+  REQUIRE(r2);
+  auto up2 = boost::json::parse(upstream_body(body2, Endpoint::chat_completions, *r2, 4096)).as_object();
+  CHECK(up2["stream_options"].as_object()["include_usage"].as_bool());
+  CHECK(up2["max_tokens"].as_int64() == 5);
+
+  std::string body3 = R"({"model":"m","input":"x"})";
+  auto r3 = parse(body3, err);
+  CHECK(upstream_body(body3, Endpoint::embeddings, *r3, 4096) == body3);  // untouched
+}
+
+TEST_CASE("usage extraction from a response and from the final stream chunk") {
+  auto info = inspect_json(R"({"id":"gen-9","choices":[{"message":{"content":"x"},"finish_reason":"stop"}],)"
+                           R"("usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15,"cost":1.5e-05,)"
+                           R"("prompt_tokens_details":{"cached_tokens":0}}})");
+  REQUIRE(info);
+  REQUIRE(info->usage);
+  CHECK(info->usage->prompt_tokens == 12);
+  CHECK(info->usage->completion_tokens == 3);
+  CHECK(info->usage->cost_usd == std::optional<std::string>("1.5e-05"));
+  CHECK(info->generation_id == std::optional<std::string>("gen-9"));
+  CHECK(info->finish_reason == std::optional<std::string>("stop"));
+  CHECK_FALSE(info->usage_only);
+
+  auto last = inspect_json(R"({"id":"g","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}})");
+  REQUIRE(last);
+  CHECK(last->usage_only);
+  CHECK_FALSE(last->usage->cost_usd);
+
+  auto none = inspect_json(R"({"id":"g","choices":[{"delta":{"content":"a"}}],"usage":null})");
+  REQUIRE(none);
+  CHECK_FALSE(none->usage);
+
+  auto err = inspect_json(R"({"id":"g","error":{"code":502,"message":"x"},"choices":[{"delta":{"content":""},"finish_reason":"error"}]})");
+  REQUIRE(err);
+  CHECK(err->error);
+  CHECK(err->finish_reason == std::optional<std::string>("error"));
+  CHECK_FALSE(inspect_json("not json"));
+}
+
+TEST_CASE("chunks with output are counted, empty deltas are not") {
+  CHECK(chunk_has_output(R"({"choices":[{"delta":{"content":"hi"}}]})"));
+  CHECK_FALSE(chunk_has_output(R"({"choices":[{"delta":{"content":""},"finish_reason":"stop"}]})"));
+  CHECK_FALSE(chunk_has_output(R"({"choices":[{"delta":{"role":"assistant"}}]})"));
+  CHECK(chunk_has_output(R"({"choices":[{"text":"x"}]})"));
+}
+
+TEST_CASE("error body is the OpenAI envelope") {
+  auto v = boost::json::parse(error_body("bad \"thing\"", "invalid_request_error", "x")).as_object();
+  CHECK(v["error"].as_object()["message"].as_string() == "bad \"thing\"");
+  CHECK(v["error"].as_object()["type"].as_string() == "invalid_request_error");
+  CHECK(v["error"].as_object()["code"].as_string() == "x");
+  CHECK(v["error"].as_object()["param"].is_null());
+}
