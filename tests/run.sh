@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The test command (README): installs what is missing, builds, starts throwaway PostgreSQL and
+# Redis on free loopback ports, runs every test with ctest, and stops them again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash deploy/install-deps.sh
+bash deploy/build.sh
+(cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+
+state=$(mktemp -d /tmp/tollgate-test.XXXXXX)
+cleanup() { bash deploy/local/services.sh destroy "$state" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+bash deploy/local/services.sh start "$state" >/dev/null
+# shellcheck disable=SC1091
+source "$state/env"
+build/bin/tollgate migrate
+
+cd build
+ctest --output-on-failure --timeout 600 "$@"
