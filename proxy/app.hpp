@@ -22,6 +22,8 @@ struct Metrics {
   std::atomic<std::uint64_t> upstream_errors{0}, upstream_connect_failures{0};
   std::atomic<std::uint64_t> client_aborts{0}, streams{0};
   std::atomic<std::uint64_t> key_cache_hits{0}, key_cache_misses{0};
+  std::atomic<std::uint64_t> admission_ok{0}, admission_over_limit{0}, admission_errors{0};
+  std::atomic<std::uint64_t> failure_mode_allowed{0};
   std::atomic<std::int64_t> active_requests{0};
 };
 

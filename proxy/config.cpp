@@ -55,6 +55,14 @@ Config Config::load(const std::optional<std::string>& path) {
     get(t, "database.url", c.database_url);
     get(t, "database.lookup_threads", c.lookup_threads);
     get(t, "redis.url", c.redis_url);
+    get(t, "admission.enabled", c.admission.enabled);
+    get_ms(t, "admission.timeout_ms", c.admission.timeout);
+    get_ms(t, "admission.hold_ttl_ms", c.admission.hold_ttl);
+    std::string mode = "closed";
+    get(t, "admission.failure_mode", mode);
+    if (mode != "closed" && mode != "open")
+      throw std::invalid_argument("admission.failure_mode must be \"closed\" or \"open\"");
+    c.admission.failure_mode = mode == "open" ? ratelimit::FailureMode::fail_open : ratelimit::FailureMode::fail_closed;
     get(t, "upstream.url", c.upstream_url_text);
     get(t, "upstream.key", c.upstream_key);
     get_ms(t, "upstream.connect_timeout_ms", c.upstream_connect_timeout);
@@ -81,6 +89,12 @@ Config Config::load(const std::optional<std::string>& path) {
   if (const char* v = std::getenv("TOLLGATE_UPSTREAM_URL")) c.upstream_url_text = v;
   if (const char* v = std::getenv("TOLLGATE_UPSTREAM_KEY")) c.upstream_key = v;
   if (const char* v = std::getenv("TOLLGATE_JOURNAL_DIR")) c.journal_dir = v;
+  if (const char* v = std::getenv("TOLLGATE_ADMISSION")) {  // "off" | "closed" | "open"
+    std::string m = v;
+    c.admission.enabled = m != "off";
+    if (m == "open") c.admission.failure_mode = ratelimit::FailureMode::fail_open;
+    if (m == "closed") c.admission.failure_mode = ratelimit::FailureMode::fail_closed;
+  }
   c.upstream = parse_upstream_url(c.upstream_url_text);
   if (c.prompt_bytes_per_token < 1) throw std::invalid_argument("billing.prompt_bytes_per_token must be >= 1");
   if (c.default_max_tokens < 1) throw std::invalid_argument("billing.default_max_tokens must be >= 1");

@@ -3,6 +3,8 @@
 // overridden by environment variables TOLLGATE_LISTEN, TOLLGATE_DATABASE_URL,
 // TOLLGATE_REDIS_URL, TOLLGATE_UPSTREAM_URL, TOLLGATE_UPSTREAM_KEY, TOLLGATE_JOURNAL_DIR.
 // Built once at start and shared read-only.
+#include "ratelimit/admission.hpp"
+
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -32,8 +34,9 @@ struct Config {
   // [database]
   std::string database_url = "postgresql://tollgate@127.0.0.1:5432/tollgate";
   int lookup_threads = 4;                           ///< blocking Postgres lookups (cache misses)
-  // [redis]
+  // [redis] and [admission]
   std::string redis_url = "redis://127.0.0.1:6379";
+  ratelimit::AdmissionConfig admission;
   // [upstream]
   std::string upstream_url_text = "https://openrouter.ai/api/v1";
   UpstreamUrl upstream;

@@ -6,6 +6,7 @@
 #include "proxy/lookup_pool.hpp"
 #include "proxy/server.hpp"
 #include "proxy/upstream.hpp"
+#include "ratelimit/admission.hpp"
 #include "sql/notify_listener.hpp"
 #include "sql/store.hpp"
 #include "sql/usage_writer.hpp"
@@ -15,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include <csignal>
+#include <sstream>
 #include <fstream>
 #include <iostream>
 #include <thread>
@@ -31,10 +33,21 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file) {
   }
   keys::KeyCache key_cache(cfg.key_cache_capacity, cfg.key_cache_ttl, cfg.key_cache_negative_ttl);
   std::atomic<pricing::PricingSnapshotPtr> pricing;
+  // Blocking Redis clients for the two threads that keep Redis' balance cache in step with
+  // Postgres: the NOTIFY listener (top-ups) and the usage writer (committed batches).
+  std::optional<ratelimit::RedisSyncClient> listener_redis;
+  if (cfg.admission.enabled) listener_redis.emplace(ratelimit::parse_redis_url(cfg.redis_url), std::chrono::milliseconds(500));
   sql::NotifyListener listener(
       cfg.database_url,
       [&](sql::PgConn& db, const std::string& channel, const std::string& payload) {
-        if (channel == "tollgate_api_keys") key_cache.erase(payload);
+        if (channel == "tollgate_balances") {
+          // "account version credits_micros": install if newer, on every instance.
+          std::istringstream in(payload);
+          std::string account;
+          std::int64_t version = 0, credits = 0;
+          if (listener_redis && (in >> account >> version >> credits))
+            ratelimit::sync_balance(*listener_redis, account, credits, version, {});
+        } else if (channel == "tollgate_api_keys") key_cache.erase(payload);
         else if (channel == "tollgate_accounts") key_cache.erase_user(payload);
         else if (channel == "tollgate_pricing") {
           pricing.store(sql::load_pricing(db));
@@ -47,6 +60,16 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file) {
       });
   listener.start();
   sql::UsageWriter usage(cfg.journal_dir, cfg.database_url, cfg.usage_batch_rows, cfg.usage_max_delay);
+  if (cfg.admission.enabled) {
+    auto writer_redis = std::make_shared<ratelimit::RedisSyncClient>(ratelimit::parse_redis_url(cfg.redis_url),
+                                                                     std::chrono::milliseconds(500));
+    usage.on_committed([writer_redis](const std::vector<sql::CommittedAccount>& accounts) {
+      for (const auto& a : accounts)
+        if (!ratelimit::sync_balance(*writer_redis, a.account, a.credits, a.version, a.charged_request_ids))
+          return false;
+      return true;
+    });
+  }
   usage.start();
   LookupPool lookups(cfg.database_url, cfg.lookup_threads);
   auto tls = make_upstream_tls_context();

@@ -2,6 +2,7 @@
 
 #include "proxy/session.hpp"
 #include "proxy/upstream.hpp"
+#include "sql/store.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -21,26 +22,14 @@ namespace tollgate {
 using tcp = net::ip::tcp;
 using reuse_port = net::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>;
 
-/// One event loop: its own acceptor on the shared port (the kernel spreads connections) and
-/// its own upstream pool, so the request path takes no locks of its own.
-struct Server::Worker {
-  net::io_context ioc{1};
-  tcp::acceptor acceptor{ioc};
-  UpstreamPool pool;
-  std::thread thread;
-
-  Worker(App& app, const tcp::endpoint& ep)
-      : pool(ioc.get_executor(), app.cfg, app.upstream_tls) {
-    acceptor.open(ep.protocol());
-    acceptor.set_option(tcp::acceptor::reuse_address(true));
-    acceptor.set_option(reuse_port(true));
-    acceptor.bind(ep);
-    acceptor.listen(net::socket_base::max_listen_connections);
-  }
-};
-
 namespace {
-net::awaitable<void> accept_loop(tcp::acceptor& acceptor, App& app, UpstreamPool& pool) {
+/// The account's balance and version from Postgres, for an account not cached in Redis yet.
+net::awaitable<std::optional<std::pair<pricing::Micros, std::int64_t>>> load_balance(App& app, std::string account) {
+  auto query = [account](sql::PgConn& db) { return sql::balance_and_version(db, account); };
+  co_return co_await app.lookups.run(query);
+}
+
+net::awaitable<void> accept_loop(tcp::acceptor& acceptor, App& app, ThreadContext& tc) {
   for (;;) {
     auto [ec, sock] = co_await acceptor.async_accept(net::as_tuple(net::use_awaitable));
     if (ec == net::error::operation_aborted || !acceptor.is_open()) co_return;  // stopping
@@ -49,11 +38,38 @@ net::awaitable<void> accept_loop(tcp::acceptor& acceptor, App& app, UpstreamPool
       continue;
     }
     sock.set_option(tcp::no_delay(true));
-    net::co_spawn(acceptor.get_executor(), run_session(beast::tcp_stream(std::move(sock)), app, pool),
+    net::co_spawn(acceptor.get_executor(), run_session(beast::tcp_stream(std::move(sock)), app, tc),
                   net::detached);
   }
 }
 }  // namespace
+
+/// One event loop: its own acceptor on the shared port (the kernel spreads connections) and
+/// its own upstream pool, so the request path takes no locks of its own.
+struct Server::Worker {
+  net::io_context ioc{1};
+  tcp::acceptor acceptor{ioc};
+  UpstreamPool pool;
+  std::optional<ratelimit::RedisConnection> redis;
+  std::optional<ratelimit::Admitter> admitter;
+  ThreadContext tc;
+  std::thread thread;
+
+  Worker(App& app, const tcp::endpoint& ep)
+      : pool(ioc.get_executor(), app.cfg, app.upstream_tls), tc{pool, nullptr} {
+    if (app.cfg.admission.enabled) {
+      redis.emplace(ioc.get_executor(), ratelimit::parse_redis_url(app.cfg.redis_url));
+      admitter.emplace(*redis, app.cfg.admission, [&app](std::string account) { return load_balance(app, std::move(account)); });
+      tc.admitter = &*admitter;
+    }
+    acceptor.open(ep.protocol());
+    acceptor.set_option(tcp::acceptor::reuse_address(true));
+    acceptor.set_option(reuse_port(true));
+    acceptor.bind(ep);
+    acceptor.listen(net::socket_base::max_listen_connections);
+  }
+};
+
 
 Server::Server(App& app) : app_(app) {
   const Config& cfg = app.cfg;
@@ -76,7 +92,7 @@ std::uint16_t Server::port() const { return port_; }
 
 void Server::run() {
   for (auto& w : workers_)
-    net::co_spawn(w->ioc, accept_loop(w->acceptor, app_, w->pool), net::detached);
+    net::co_spawn(w->ioc, accept_loop(w->acceptor, app_, w->tc), net::detached);
   for (std::size_t i = 1; i < workers_.size(); ++i)
     workers_[i]->thread = std::thread([w = workers_[i].get()] { w->ioc.run(); });
   workers_.front()->ioc.run();

@@ -10,6 +10,8 @@
 #include "sql/store.hpp"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/http.hpp>
@@ -65,6 +67,10 @@ struct RequestCtx {
   wire::ParsedRequest req;
   bool client_keep_alive = true;
   std::string client_accept;
+  std::int64_t default_cap = 0;                    ///< max_tokens sent when the client sets none
+  std::optional<ratelimit::Admission> admission;  ///< set when Redis admitted the request
+  /// Sent on every response once known (OpenAI's x-ratelimit-* headers).
+  std::vector<std::pair<std::string, std::string>> headers;
 };
 
 /// What happened upstream; phase 8 runs when `reached_upstream`.
@@ -76,6 +82,7 @@ struct Outcome {
   bool client_aborted = false;
   bool upstream_aborted = false;
   bool midstream_error = false;
+  bool client_started = false;  ///< response bytes were written to the client
   std::optional<std::string> generation_id, finish_reason;
 };
 
@@ -86,12 +93,11 @@ void count_status(App& app, int status) {
 
 /// Writes a complete JSON response. Returns false if the client is gone.
 awaitable<bool> reply(beast::tcp_stream& client, App& app, const RequestCtx& ctx, http::status status,
-                      std::string body, bool keep_alive,
-                      std::initializer_list<std::pair<std::string_view, std::string>> headers = {}) {
+                      std::string body, bool keep_alive) {
   http::response<http::string_body> res{status, 11};
   res.set(http::field::content_type, "application/json");
   res.set("x-request-id", ctx.request_id);
-  for (const auto& [k, v] : headers) res.set(k, v);
+  for (const auto& [k, v] : ctx.headers) res.set(k, v);
   res.keep_alive(keep_alive);
   res.body() = std::move(body);
   res.prepare_payload();
@@ -99,6 +105,22 @@ awaitable<bool> reply(beast::tcp_stream& client, App& app, const RequestCtx& ctx
   client.expires_after(client_write_timeout);
   auto [ec, n] = co_await http::async_write(client, res, tuple_awaitable);
   co_return !ec && keep_alive;
+}
+
+/// After answering 413 without reading the body: stop sending, then read and discard what the
+/// client is still sending (at most 64 MiB or 5 s) so that it reads our answer instead of a
+/// connection reset (RFC 9112 §9.6).
+awaitable<void> drain_and_close(beast::tcp_stream& client) {
+  beast::error_code ec;
+  client.socket().shutdown(net::ip::tcp::socket::shutdown_send, ec);  // already closed is fine
+  std::vector<char> sink(64 * 1024);
+  std::size_t total = 0;
+  client.expires_after(std::chrono::seconds(5));
+  while (total < (64u << 20)) {
+    auto [rec, n] = co_await client.async_read_some(net::buffer(sink), tuple_awaitable);
+    if (rec) break;  // EOF, reset or the 5 s bound: done either way
+    total += n;
+  }
 }
 
 awaitable<bool> reply_error(beast::tcp_stream& client, App& app, const RequestCtx& ctx, http::status status,
@@ -110,8 +132,8 @@ awaitable<bool> reply_error(beast::tcp_stream& client, App& app, const RequestCt
 // ---------------------------------------------------------------------------------------------
 // Phases 6-8: price the usage and append the usage record (the writer thread batches it into
 // Postgres). Runs for every request that reached the upstream, whatever happened after.
-void record(App& app, const RequestCtx& ctx, const Outcome& out) {
-  if (!out.reached_upstream) return;
+std::optional<sql::UsageRecord> record(App& app, const RequestCtx& ctx, const Outcome& out) {
+  if (!out.reached_upstream) return std::nullopt;
   sql::UsageRecord r;
   r.request_id = ctx.request_id;
   r.user_id = ctx.key->user_id;
@@ -152,6 +174,7 @@ void record(App& app, const RequestCtx& ctx, const Outcome& out) {
       out.finish_reason ? boost::json::serialize(boost::json::string(*out.finish_reason)) : "null",
       out.delivered_chunks, out.usage.has_value(), unix_now_us() - ctx.started_us);
   app.usage.append(r);
+  return r;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -196,7 +219,7 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
   req.set(http::field::accept, ctx.client_accept.empty() ? "application/json" : ctx.client_accept);
   req.set(http::field::user_agent, "tollgate/0.1");
   req.keep_alive(true);
-  req.body() = wire::upstream_body(ctx.body, ctx.endpoint, ctx.req, cfg.default_max_tokens);
+  req.body() = wire::upstream_body(ctx.body, ctx.endpoint, ctx.req, ctx.default_cap);
   req.prepare_payload();
 
   beast::get_lowest_layer(up).expires_after(cfg.upstream_response_timeout);
@@ -233,6 +256,7 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
     http::response<http::string_body> to_client{res.result(), 11};
     to_client.set(http::field::content_type, content_type.empty() ? "application/json" : content_type);
     to_client.set("x-request-id", ctx.request_id);
+    for (const auto& [k, v] : ctx.headers) to_client.set(k, v);
     if (out.generation_id) to_client.set("x-generation-id", *out.generation_id);
     if (auto ra = res[http::field::retry_after]; !ra.empty()) to_client.set(http::field::retry_after, ra);
     to_client.keep_alive(ctx.client_keep_alive);
@@ -240,6 +264,7 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
     to_client.prepare_payload();
     count_status(app, out.status);
     client.expires_after(client_write_timeout);
+    out.client_started = true;
     auto [reply_ec, reply_n] = co_await http::async_write(client, to_client, tuple_awaitable);
     if (reply_ec) {
       out.client_aborted = true;
@@ -255,12 +280,14 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
   head.set(http::field::content_type, content_type);
   head.set(http::field::cache_control, "no-cache");
   head.set("x-request-id", ctx.request_id);
+  for (const auto& [k, v] : ctx.headers) head.set(k, v);
   if (out.generation_id) head.set("x-generation-id", *out.generation_id);
   head.keep_alive(ctx.client_keep_alive);
   head.chunked(true);
   http::response_serializer<http::empty_body> sr{head};
   count_status(app, out.status);
   client.expires_after(client_write_timeout);
+  out.client_started = true;
   auto [head_write_ec, head_written] = co_await http::async_write_header(client, sr, tuple_awaitable);
   if (head_write_ec) {
     out.client_aborted = true;
@@ -312,45 +339,37 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
   co_return beast::error_code{};
 }
 
-/// Phase 5 with connection management: a pooled connection the upstream already closed gets
-/// one retry on a fresh connection (nothing was processed upstream in that case).
+/// Phase 5 with connection management. A POST is never sent twice: a billing proxy must not
+/// pay for a generation twice, so a failure after the request was written is a 502, not a
+/// retry (the pool discards idle connections the upstream has already closed).
 awaitable<bool> forward(beast::tcp_stream& client, App& app, UpstreamPool& pool, RequestCtx& ctx, Outcome& out) {
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    std::unique_ptr<UpstreamConnection> conn;
-    beast::error_code ec;
-    try {
-      if (attempt == 0) conn = co_await pool.acquire();
-      else conn = co_await pool.connect();
-    } catch (const boost::system::system_error& e) {
-      ec = e.code();
-    }
-    bool reusable = false;
-    if (conn) {
-      ec = co_await std::visit(
-          [&](auto& s) { return exchange(s, conn->buffer, client, app, ctx, out, reusable); }, conn->stream);
-    }
-    if (!ec) {
-      if (reusable) pool.release(std::move(conn));
-      co_return !out.client_aborted && ctx.client_keep_alive;
-    }
-    bool stale = conn && conn->reused && out.status == 0 &&
-                 (ec == http::error::end_of_stream || ec == net::error::connection_reset ||
-                  ec == net::error::broken_pipe || ec == net::error::eof);
-    if (stale) {
-      out = Outcome{};  // the upstream closed an idle connection before reading our request
-      continue;
-    }
-    out.upstream_aborted = out.reached_upstream;
-    if (out.status != 0) co_return false;  // response started but broken: the client connection is unusable
-    ++app.metrics.upstream_connect_failures;
-    bool timeout = ec == beast::error::timeout;
-    spdlog::warn("{}: upstream {}: {}", ctx.request_id, timeout ? "timed out" : "unreachable", ec.message());
-    co_return co_await reply_error(
-        client, app, ctx, timeout ? http::status::gateway_timeout : http::status::bad_gateway,
-        timeout ? "The upstream did not answer in time." : "The upstream could not be reached.",
-        "upstream_error", timeout ? "upstream_timeout" : "bad_gateway", ctx.client_keep_alive);
+  std::unique_ptr<UpstreamConnection> conn;
+  beast::error_code ec;
+  try {
+    conn = co_await pool.acquire();
+  } catch (const boost::system::system_error& e) {
+    ec = e.code();
   }
-  co_return false;
+  bool reusable = false;
+  if (conn) {
+    ec = co_await std::visit(
+        [&](auto& s) { return exchange(s, conn->buffer, client, app, ctx, out, reusable); }, conn->stream);
+  }
+  if (!ec) {
+    if (reusable) pool.release(std::move(conn));
+    co_return !out.client_aborted && ctx.client_keep_alive;
+  }
+  out.upstream_aborted = out.reached_upstream;
+  if (out.client_started) co_return false;  // a response is half written: the connection is unusable
+  ++app.metrics.upstream_connect_failures;
+  bool timeout = ec == beast::error::timeout;
+  const char* what = timeout ? "The upstream did not answer in time."
+                     : out.status ? "The upstream connection broke before the response was complete."
+                                  : "The upstream could not be reached.";
+  spdlog::warn("{}: upstream {}: {}", ctx.request_id, timeout ? "timed out" : "failed", ec.message());
+  co_return co_await reply_error(client, app, ctx, timeout ? http::status::gateway_timeout : http::status::bad_gateway,
+                                 what, "upstream_error", timeout ? "upstream_timeout" : "bad_gateway",
+                                 ctx.client_keep_alive);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -426,14 +445,121 @@ std::string metrics_text(App& app) {
       "tollgate_upstream_errors_total {}\ntollgate_upstream_connect_failures_total {}\n"
       "tollgate_client_aborts_total {}\ntollgate_streams_total {}\n"
       "tollgate_key_cache_hits_total {}\ntollgate_key_cache_misses_total {}\n"
+      "tollgate_admission_total{{result=\"ok\"}} {}\ntollgate_admission_total{{result=\"over_limit\"}} {}\n"
+      "tollgate_admission_total{{result=\"error\"}} {}\ntollgate_admission_total{{result=\"failure_mode_allowed\"}} {}\n"
       "tollgate_active_requests {}\ntollgate_usage_records_appended_total {}\n"
       "tollgate_usage_records_committed_total {}\ntollgate_usage_records_queued {}\n"
       "tollgate_usage_batch_failures_total {}\n",
       m.requests.load(), m.responses_2xx.load(), m.responses_4xx.load(), m.responses_5xx.load(),
       m.auth_failures.load(), m.insufficient_balance.load(), m.upstream_errors.load(),
       m.upstream_connect_failures.load(), m.client_aborts.load(), m.streams.load(),
-      m.key_cache_hits.load(), m.key_cache_misses.load(), m.active_requests.load(), u.appended,
+      m.key_cache_hits.load(), m.key_cache_misses.load(), m.admission_ok.load(), m.admission_over_limit.load(),
+      m.admission_errors.load(), m.failure_mode_allowed.load(), m.active_requests.load(), u.appended,
       u.committed, u.queued, u.failures);
+}
+
+/// OpenAI's x-ratelimit-* trio for the tightest request window and the tightest token window.
+void set_ratelimit_headers(RequestCtx& ctx, const std::vector<ratelimit::Window>& windows) {
+  for (bool tokens : {false, true}) {
+    const ratelimit::Window* tight = nullptr;
+    for (const auto& w : windows)
+      if (w.tokens == tokens && (!tight || w.remaining < tight->remaining)) tight = &w;
+    if (!tight) continue;
+    std::string kind = tokens ? "tokens" : "requests";
+    ctx.headers.emplace_back("x-ratelimit-limit-" + kind, std::to_string(tight->limit));
+    ctx.headers.emplace_back("x-ratelimit-remaining-" + kind, std::to_string(tight->remaining));
+    ctx.headers.emplace_back("x-ratelimit-reset-" + kind, ratelimit::format_reset(tight->reset_ms));
+  }
+}
+
+/// The tighter of the key's and the account's max_tokens_per_request (0 = none).
+std::int64_t max_tokens_limit(const keys::KeyRecord& k) {
+  std::int64_t a = k.key_limits.max_tokens_per_request, b = k.account_limits.max_tokens_per_request;
+  if (a <= 0) return std::max<std::int64_t>(b, 0);
+  return b > 0 ? std::min(a, b) : a;
+}
+
+/// Phase 4: admit. The worst case of the request — every body byte a prompt token (an upper
+/// bound for text) plus max_tokens (or the cap we send) of completion — is held on the balance
+/// and counted against every sliding window, in one Redis round trip. Returns true to go on;
+/// otherwise it has answered (400/402/429/503) and `keep` says whether the connection stays.
+awaitable<bool> admit(beast::tcp_stream& client, App& app, ThreadContext& tc, RequestCtx& ctx, bool& keep) {
+  std::int64_t per_request = max_tokens_limit(*ctx.key);
+  if (per_request > 0 && ctx.req.max_tokens && *ctx.req.max_tokens > per_request) {
+    keep = co_await reply_error(client, app, ctx, http::status::bad_request,
+                                fmt::format("max_tokens is {}, above this key's limit of {} tokens per request.",
+                                            *ctx.req.max_tokens, per_request),
+                                "invalid_request_error", "max_tokens_exceeded", keep);
+    co_return false;
+  }
+  ctx.default_cap = per_request > 0 ? std::min(per_request, app.cfg.default_max_tokens) : app.cfg.default_max_tokens;
+  std::int64_t prompt_max = static_cast<std::int64_t>(ctx.body.size()) / app.cfg.prompt_bytes_per_token + 1;
+  std::int64_t completion_max =
+      ctx.endpoint == wire::Endpoint::embeddings ? 0 : ctx.req.max_tokens.value_or(ctx.default_cap);
+  pricing::Micros worst =
+      ctx.pricing->charge(ctx.req.model, pricing::PricingSnapshot::token_cost(*ctx.price, prompt_max, completion_max)).charge;
+  auto insufficient = [&](pricing::Micros available) -> awaitable<bool> {
+    ++app.metrics.insufficient_balance;
+    keep = co_await reply_error(
+        client, app, ctx, http::status::payment_required,
+        fmt::format("This request requires more credits, or fewer max_tokens: its worst case costs ${} and "
+                    "${} is available.", pricing::format_micros(worst), pricing::format_micros(std::max<pricing::Micros>(available, 0))),
+        "insufficient_quota", "insufficient_credits", keep);
+    co_return false;
+  };
+
+  if (tc.admitter) {
+    auto a = co_await tc.admitter->admit(*ctx.key, ctx.request_id, worst, prompt_max + completion_max);
+    set_ratelimit_headers(ctx, a.windows);
+    switch (a.verdict) {
+      case ratelimit::Verdict::admitted:
+        ++app.metrics.admission_ok;
+        ctx.admission = std::move(a);
+        co_return true;
+      case ratelimit::Verdict::rate_limited: {
+        ++app.metrics.admission_over_limit;
+        const auto& w = a.windows.at(static_cast<std::size_t>(a.limited));
+        std::int64_t retry_s = std::max<std::int64_t>(1, (a.retry_after_ms + 999) / 1000);
+        ctx.headers.emplace_back("retry-after", std::to_string(retry_s));
+        keep = co_await reply_error(client, app, ctx, http::status::too_many_requests,
+                                    fmt::format("Rate limit reached: {} (limit {}). Please try again in {}.",
+                                                w.name, w.limit, ratelimit::format_reset(a.retry_after_ms)),
+                                    w.tokens ? "tokens" : "requests", w.name, keep);
+        co_return false;
+      }
+      case ratelimit::Verdict::insufficient_balance:
+        co_return co_await insufficient(a.available);
+      case ratelimit::Verdict::unavailable:
+        ++app.metrics.admission_errors;
+        if (app.cfg.admission.failure_mode == ratelimit::FailureMode::fail_closed) {
+          keep = co_await reply_error(client, app, ctx, http::status::service_unavailable,
+                                      "Rate limiting is temporarily unavailable; retry shortly.",
+                                      "service_unavailable", "rate_limiter_unavailable", keep);
+          co_return false;
+        }
+        ++app.metrics.failure_mode_allowed;  // fail open: no rate limits, balance from Postgres
+        break;
+    }
+  }
+
+  std::optional<pricing::Micros> balance;
+  bool failed = false;
+  try {
+    auto query = [user = ctx.key->user_id](sql::PgConn& db) { return sql::balance_of(db, user); };
+    balance = co_await app.lookups.run(query);
+  } catch (const std::exception& e) {
+    spdlog::error("{}: balance check failed: {}", ctx.request_id, e.what());
+    failed = true;
+  }
+  if (failed) {
+    keep = co_await reply_error(client, app, ctx, http::status::service_unavailable,
+                                "Billing is temporarily unavailable; retry shortly.", "service_unavailable",
+                                "billing_unavailable", keep);
+    co_return false;
+  }
+  if (!balance || *balance + ctx.key->overdraft_micros < worst)
+    co_return co_await insufficient(balance.value_or(0) + ctx.key->overdraft_micros);
+  co_return true;
 }
 
 struct ActiveGuard {
@@ -444,7 +570,7 @@ struct ActiveGuard {
 
 /// Routing and phases 2-4, then forward and record. Returns whether to keep the connection.
 awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& buf,
-                               http::request_parser<http::empty_body>& hp, App& app, UpstreamPool& pool) {
+                               http::request_parser<http::empty_body>& hp, App& app, ThreadContext& tc) {
   ActiveGuard active(app.metrics);
   ++app.metrics.requests;
   RequestCtx ctx;
@@ -501,10 +627,13 @@ awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& bu
   client.expires_after(app.cfg.client_idle_timeout);
   auto [read_ec, read_n] = co_await http::async_read(client, buf, bp, tuple_awaitable);
   if (read_ec) {
-    if (read_ec == http::error::body_limit)
-      co_return co_await reply_error(client, app, ctx, http::status::payload_too_large,
-                                     fmt::format("The request body exceeds {} bytes.", app.cfg.max_body_bytes),
-                                     "invalid_request_error", "request_too_large", false);
+    if (read_ec == http::error::body_limit) {
+      co_await reply_error(client, app, ctx, http::status::payload_too_large,
+                           fmt::format("The request body exceeds {} bytes.", app.cfg.max_body_bytes),
+                           "invalid_request_error", "request_too_large", false);
+      co_await drain_and_close(client);
+      co_return false;
+    }
     co_return false;  // client went away or sent a malformed body: nothing to answer
   }
   ctx.body = std::move(bp.get().body());
@@ -524,46 +653,28 @@ awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& bu
                                    fmt::format("The model '{}' is not available on this gateway.", ctx.req.model),
                                    "invalid_request_error", "model_not_found", ctx.client_keep_alive);
 
-  // Phase 4: admit — the balance must cover the worst case: every body byte a prompt token
-  // (an upper bound for text), plus max_tokens (or the default cap we send) of completion.
-  std::int64_t prompt_max = static_cast<std::int64_t>(ctx.body.size()) / app.cfg.prompt_bytes_per_token + 1;
-  std::int64_t completion_max = ctx.endpoint == wire::Endpoint::embeddings
-                                    ? 0 : ctx.req.max_tokens.value_or(app.cfg.default_max_tokens);
-  pricing::Micros worst =
-      ctx.pricing->charge(ctx.req.model, pricing::PricingSnapshot::token_cost(*ctx.price, prompt_max, completion_max)).charge;
-  std::optional<pricing::Micros> balance;
-  bool failed = false;
-  try {
-    auto query = [user = ctx.key->user_id](sql::PgConn& db) { return sql::balance_of(db, user); };
-    balance = co_await app.lookups.run(query);
-  } catch (const std::exception& e) {
-    spdlog::error("{}: balance check failed: {}", ctx.request_id, e.what());
-    failed = true;
-  }
-  if (failed) {
-    co_return co_await reply_error(client, app, ctx, http::status::service_unavailable,
-                                   "Billing is temporarily unavailable; retry shortly.", "service_unavailable",
-                                   "billing_unavailable", ctx.client_keep_alive);
-  }
-  if (!balance || *balance + ctx.key->overdraft_micros < worst) {
-    ++app.metrics.insufficient_balance;
-    co_return co_await reply_error(
-        client, app, ctx, http::status::payment_required,
-        fmt::format("This request requires more credits, or fewer max_tokens: its worst case costs ${} and "
-                    "the balance is ${}.", pricing::format_micros(worst), pricing::format_micros(balance.value_or(0))),
-        "insufficient_quota", "insufficient_credits", ctx.client_keep_alive);
-  }
-
-  // Phase 5: forward; phases 6-8 always follow once the upstream was reached.
+  // Phase 4: admit (rate limits and the balance hold), then phase 5: forward; phases 6-8
+  // always follow once the upstream was reached, and the hold is always settled.
+  bool keep = ctx.client_keep_alive;
+  if (!co_await admit(client, app, tc, ctx, keep)) co_return keep;
   Outcome out;
-  bool keep = co_await forward(client, app, pool, ctx, out);
-  record(app, ctx, out);
+  keep = co_await forward(client, app, tc.upstream, ctx, out);
+  auto rec = record(app, ctx, out);
+  if (ctx.admission && tc.admitter) {
+    // Phase 7 off the request path: the session goes on to the next request meanwhile.
+    net::co_spawn(client.get_executor(),
+                  tc.admitter->settle(ctx.key->user_id, ctx.request_id, rec ? rec->charge : 0,
+                                      std::move(ctx.admission->windows),
+                                      rec ? rec->prompt_tokens + rec->completion_tokens : 0,
+                                      ctx.admission->token_estimate),
+                  net::detached);
+  }
   co_return keep;
 }
 
 }  // namespace
 
-awaitable<void> run_session(beast::tcp_stream client, App& app, UpstreamPool& pool) {
+awaitable<void> run_session(beast::tcp_stream client, App& app, ThreadContext& tc) {
   beast::flat_buffer buf;
   for (;;) {
     // Phase 1: parse & limit. Beast's parser rejects malformed framing (conflicting
@@ -579,6 +690,7 @@ awaitable<void> run_session(beast::tcp_stream client, App& app, UpstreamPool& po
         co_await reply_error(client, app, ctx, http::status::payload_too_large,
                              fmt::format("The request body exceeds {} bytes.", app.cfg.max_body_bytes),
                              "invalid_request_error", "request_too_large", false);
+        co_await drain_and_close(client);
       } else if (ec.category() == beast::error_code(http::error::end_of_stream).category() &&
                  ec != http::error::end_of_stream && ec != http::error::partial_message) {
         RequestCtx ctx;
@@ -589,7 +701,7 @@ awaitable<void> run_session(beast::tcp_stream client, App& app, UpstreamPool& po
     }
     bool keep = false;
     try {
-      keep = co_await handle_request(client, buf, hp, app, pool);
+      keep = co_await handle_request(client, buf, hp, app, tc);
     } catch (const std::exception& e) {
       spdlog::error("request failed: {}", e.what());
       break;

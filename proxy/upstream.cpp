@@ -3,6 +3,10 @@
 #include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <sys/socket.h>
+
+#include <cerrno>
+
 namespace tollgate {
 
 net::ssl::context make_upstream_tls_context() {
@@ -18,11 +22,21 @@ net::ssl::context make_upstream_tls_context() {
 UpstreamPool::UpstreamPool(net::any_io_executor ex, const Config& cfg, net::ssl::context& tls)
     : ex_(ex), cfg_(cfg), tls_(tls), resolver_(ex) {}
 
+namespace {
+/// True if the peer has closed (or sent unsolicited bytes on) an idle connection: a
+/// non-blocking peek sees EOF or data. Such a connection must not carry a request.
+bool closed_by_peer(UpstreamConnection& c) {
+  char byte;
+  ssize_t n = ::recv(c.lowest().socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+}
+}  // namespace
+
 net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamPool::acquire() {
-  if (!idle_.empty()) {
+  while (!idle_.empty()) {
     auto c = std::move(idle_.back());
     idle_.pop_back();
-    c->reused = true;
+    if (closed_by_peer(*c)) continue;  // closes it
     co_return c;
   }
   co_return co_await connect();

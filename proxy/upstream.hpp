@@ -1,8 +1,8 @@
 #pragma once
 // Phase 5 transport: keep-alive connections to the upstream (HTTPS with certificate and host
 // name verification and SNI, or plain HTTP for local upstreams). One pool per event-loop
-// thread, so no locking; connections idle longer than the upstream's keep-alive are detected
-// on reuse and the request retried once on a fresh connection.
+// thread, so no locking. An idle connection the upstream has closed is detected before reuse
+// (non-blocking peek) and discarded; a request is never retried once written.
 #include "proxy/config.hpp"
 
 #include <boost/asio/awaitable.hpp>
@@ -27,7 +27,6 @@ struct UpstreamConnection {
   using Tls = beast::ssl_stream<beast::tcp_stream>;
   std::variant<Plain, Tls> stream;
   beast::flat_buffer buffer;
-  bool reused = false;  ///< came from the idle pool (may have been closed by the peer)
 
   explicit UpstreamConnection(Plain s) : stream(std::move(s)) {}
   explicit UpstreamConnection(Tls s) : stream(std::move(s)) {}
@@ -49,6 +48,7 @@ class UpstreamPool {
   net::awaitable<std::unique_ptr<UpstreamConnection>> acquire();
   /// A fresh connection, never from the pool.
   net::awaitable<std::unique_ptr<UpstreamConnection>> connect();
+
   /// Returns a connection whose last response was read completely and allows keep-alive.
   void release(std::unique_ptr<UpstreamConnection> c);
 

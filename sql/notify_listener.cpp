@@ -18,6 +18,7 @@ void NotifyListener::connect_and_listen() {
   conn_->exec("LISTEN tollgate_api_keys");
   conn_->exec("LISTEN tollgate_accounts");
   conn_->exec("LISTEN tollgate_pricing");
+  conn_->exec("LISTEN tollgate_balances");
   on_connect_(*conn_);
 }
 

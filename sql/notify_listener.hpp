@@ -4,6 +4,7 @@
 //   tollgate_api_keys  payload = key hash      → drop that key from the cache
 //   tollgate_accounts  payload = account id    → drop that account's keys
 //   tollgate_pricing   payload = table name    → reload the pricing snapshot
+//   tollgate_balances  payload = "account version credits_micros" → refresh Redis' balance cache
 // A notification arrives within milliseconds of the commit; the thread wakes at least every
 // `poll` to notice a lost connection. After a reconnect `on_reconnect` runs (notifications may
 // have been missed: callers drop caches and reload).

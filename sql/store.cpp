@@ -80,6 +80,12 @@ std::optional<pricing::Micros> balance_of(PgConn& db, const std::string& user_id
   return r.i64(0, 0);
 }
 
+std::optional<std::pair<pricing::Micros, std::int64_t>> balance_and_version(PgConn& db, const std::string& user_id) {
+  auto r = db.exec("SELECT (credits * 1000000)::bigint, version FROM balances WHERE user_id = $1", {user_id});
+  if (r.rows() == 0) return std::nullopt;
+  return std::make_pair(r.i64(0, 0), r.i64(0, 1));
+}
+
 std::string create_account(PgConn& db, const std::string& email) {
   if (email.find('@') == std::string::npos || email.size() > 320)
     throw std::invalid_argument("not an email address: " + email);

@@ -31,6 +31,9 @@ pricing::PricingSnapshotPtr load_pricing(PgConn& db);
 /// The account's balance in credit units (1e-6 USD); nullopt if the account has no balance row.
 std::optional<pricing::Micros> balance_of(PgConn& db, const std::string& user_id);
 
+/// The account's balance (credit units) and its version (bumped on every change).
+std::optional<std::pair<pricing::Micros, std::int64_t>> balance_and_version(PgConn& db, const std::string& user_id);
+
 // ---- operator commands ----
 
 /// Creates an account (users row; balance and rate_limits rows by trigger). Returns its id.

@@ -2,6 +2,7 @@
 
 #include "sql/pg.hpp"
 
+#include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -82,7 +83,16 @@ void UsageWriter::replay_existing() {
     while (std::getline(in, line)) {
       // A line cut short by a crash mid-write is not a record (and was never acknowledged).
       if (line.size() < 2 || line.front() != '{' || line.back() != '}') continue;
-      queue_.push_back(Pending{std::move(line), id});
+      Pending p{std::move(line), id};
+      try {
+        auto v = boost::json::parse(p.json).as_object();
+        p.account = std::string(v.at("user_id").as_string());
+        p.request_id = std::string(v.at("request_id").as_string());
+        p.charge = pricing::parse_decimal(std::string(v.at("credits_deducted").as_string()), 6).value_or(0);
+      } catch (const std::exception&) {
+        continue;  // not a record of ours
+      }
+      queue_.push_back(std::move(p));
       ++seg.appended;
       ++stats_.replayed;
     }
@@ -117,7 +127,7 @@ void UsageWriter::append(const UsageRecord& rec) {
   seg.bytes += json.size() + 1;
   ++seg.appended;
   ++stats_.appended;
-  queue_.push_back(Pending{std::move(json), current_segment_});
+  queue_.push_back(Pending{std::move(json), current_segment_, rec.user_id, rec.request_id, rec.charge});
   if (queue_.size() >= batch_rows_) cv_.notify_one();
   if (seg.bytes >= segment_max_bytes) {
     try {
@@ -154,6 +164,13 @@ void UsageWriter::run() {
   std::vector<Pending> batch;
   int sync_fd = -1;
   for (;;) {
+    // Batches committed to Postgres whose cache sync failed are retried first, in order.
+    while (!unsynced_.empty() && sync(unsynced_.front())) {
+      std::lock_guard lock(mu_);
+      mark_committed_locked(unsynced_.front().segments);
+      unsynced_.pop_front();
+      if (queue_.empty() && unsynced_.empty()) drained_cv_.notify_all();
+    }
     {
       std::unique_lock lock(mu_);
       cv_.wait_for(lock, max_delay_, [&] { return stopping_ || queue_.size() >= batch_rows_; });
@@ -182,9 +199,20 @@ void UsageWriter::run() {
     }
     payload.push_back(']');
     bool ok = false;
+    Unsynced done;
     try {
       if (!db || !db->healthy()) db = std::make_unique<PgConn>(database_url_, std::chrono::seconds(60));
-      db->exec("SELECT record_usage($1::jsonb)", {payload});
+      auto r = db->exec("SELECT account, credits_micros, balance_version FROM record_usage($1::jsonb)", {payload});
+      std::map<std::string, std::size_t> index;
+      for (int i = 0; i < r.rows(); ++i) {
+        index[r.str(i, 0)] = done.accounts.size();
+        done.accounts.push_back(CommittedAccount{r.str(i, 0), r.i64(i, 1), r.i64(i, 2), {}});
+      }
+      for (const auto& p : batch) {
+        done.segments.push_back(p.segment);
+        auto it = index.find(p.account);
+        if (p.charge > 0 && it != index.end()) done.accounts[it->second].charged_request_ids.push_back(p.request_id);
+      }
       ok = true;
       backoff = std::chrono::milliseconds(100);
     } catch (const std::exception& e) {
@@ -195,11 +223,14 @@ void UsageWriter::run() {
     std::unique_lock lock(mu_);
     in_flight_ = 0;
     if (ok) {
-      for (const auto& p : batch) ++segments_.at(p.segment).committed;
       stats_.committed += batch.size();
       ++stats_.batches;
-      retire_segments_locked();
-      if (queue_.empty()) drained_cv_.notify_all();
+      lock.unlock();
+      bool synced = unsynced_.empty() && sync(done);
+      lock.lock();
+      if (synced) mark_committed_locked(done.segments);
+      else unsynced_.push_back(std::move(done));
+      if (queue_.empty() && unsynced_.empty()) drained_cv_.notify_all();
     } else {
       ++stats_.failures;
       // Back to the front, in order, for the next attempt.
@@ -210,6 +241,21 @@ void UsageWriter::run() {
     }
     batch.clear();
   }
+}
+
+bool UsageWriter::sync(const Unsynced& u) {
+  if (!on_committed_) return true;
+  try {
+    return on_committed_(u.accounts);
+  } catch (const std::exception& e) {
+    spdlog::warn("usage writer: post-commit sync failed: {}", e.what());
+    return false;
+  }
+}
+
+void UsageWriter::mark_committed_locked(const std::vector<std::uint64_t>& segments) {
+  for (auto id : segments) ++segments_.at(id).committed;
+  retire_segments_locked();
 }
 
 void UsageWriter::stop(std::chrono::milliseconds drain_timeout) {
@@ -226,7 +272,7 @@ void UsageWriter::stop(std::chrono::milliseconds drain_timeout) {
 bool UsageWriter::flush(std::chrono::milliseconds timeout) {
   std::unique_lock lock(mu_);
   cv_.notify_one();
-  return drained_cv_.wait_for(lock, timeout, [&] { return queue_.empty() && in_flight_ == 0; });
+  return drained_cv_.wait_for(lock, timeout, [&] { return queue_.empty() && in_flight_ == 0 && unsynced_.empty(); });
 }
 
 UsageWriterStats UsageWriter::stats() const {

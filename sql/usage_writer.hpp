@@ -16,6 +16,8 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <vector>
 #include <filesystem>
 #include <map>
 #include <mutex>
@@ -43,6 +45,20 @@ struct UsageRecord {
   std::string to_json() const;
 };
 
+/// An account touched by a committed batch: its balance after the batch (credit units), the
+/// balance version, and the batch's request_ids of that account that carried a charge.
+struct CommittedAccount {
+  std::string account;
+  pricing::Micros credits = 0;
+  std::int64_t version = 0;
+  std::vector<std::string> charged_request_ids;
+};
+
+/// Called on the writer thread after each committed batch, to bring caches (Redis) in line.
+/// Returns false if that failed; it is called again for the same batch until it succeeds, and
+/// the batch's journal records are kept until then (a restart replays and calls it again).
+using OnCommitted = std::function<bool(const std::vector<CommittedAccount>&)>;
+
 struct UsageWriterStats {
   std::uint64_t appended = 0, committed = 0, batches = 0, failures = 0, replayed = 0;
   std::uint64_t queued = 0;
@@ -59,6 +75,8 @@ class UsageWriter {
   UsageWriter(const UsageWriter&) = delete;
   UsageWriter& operator=(const UsageWriter&) = delete;
 
+  /// Sets the post-commit hook (before start()).
+  void on_committed(OnCommitted fn) { on_committed_ = std::move(fn); }
   void start();
   /// Appends a record to the journal and queues it. Thread-safe; one write(2), no fsync.
   void append(const UsageRecord& rec);
@@ -72,7 +90,15 @@ class UsageWriter {
   struct Pending {
     std::string json;
     std::uint64_t segment;
+    std::string account, request_id;
+    pricing::Micros charge = 0;
   };
+  struct Unsynced {
+    std::vector<CommittedAccount> accounts;
+    std::vector<std::uint64_t> segments;  ///< one entry per record
+  };
+  bool sync(const Unsynced& u);
+  void mark_committed_locked(const std::vector<std::uint64_t>& segments);
   struct Segment {
     std::filesystem::path path;
     int fd = -1;
@@ -100,6 +126,8 @@ class UsageWriter {
   UsageWriterStats stats_;
   bool stopping_ = false;
   std::chrono::steady_clock::time_point stop_deadline_{};
+  OnCommitted on_committed_;
+  std::deque<Unsynced> unsynced_;  ///< writer thread only
   std::thread thread_;
 };
 

@@ -14,6 +14,8 @@ trap cleanup EXIT
 bash deploy/local/services.sh start "$state" >/dev/null
 # shellcheck disable=SC1091
 source "$state/env"
+export TOLLGATE_SERVICES_DIR=$state   # tests that stop and restart Redis
+ulimit -n 65536 2>/dev/null || true   # thousands of concurrent test connections
 build/bin/tollgate migrate
 
 cd build

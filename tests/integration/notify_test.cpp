@@ -29,6 +29,7 @@ TEST_CASE("revoking a key drops it from the cache within 1 s; price changes relo
   auto user = funded_account(db, "1");
   auto k = sql::create_key(db, user, std::nullopt, 0);
   auto hash = keys::hash_key(k.raw_key);
+  std::this_thread::sleep_for(300ms);  // let the INSERT's notification pass (it invalidates)
   auto now = keys::KeyCache::Clock::now();
   cache.put(hash, std::make_shared<const keys::KeyRecord>(*sql::lookup_key(db, hash)), cache.generation(), now);
   REQUIRE(cache.find(hash, now));

@@ -46,6 +46,11 @@ void check_conservation(sql::PgConn& db, const std::string& user) {
 }
 
 std::int64_t micros_balance(sql::PgConn& db, const std::string& user) { return *sql::balance_of(db, user); }
+
+/// Records a batch; returns how many records were new.
+std::int64_t inserted(sql::PgConn& db, const std::string& payload) {
+  return db.exec("SELECT coalesce(sum(inserted), 0)::bigint FROM record_usage($1::jsonb)", {payload}).i64(0, 0);
+}
 }  // namespace
 
 TEST_CASE("record_usage: usage row, ledger row and debit together; a replay charges once") {
@@ -53,7 +58,7 @@ TEST_CASE("record_usage: usage row, ledger row and debit together; a replay char
   auto user = funded_account(db, "1");
   std::vector<sql::UsageRecord> rs{usage(user, unique("req_"), 1234), usage(user, unique("req_"), 1),
                                    usage(user, unique("req_"), 500000)};
-  CHECK(db.exec("SELECT record_usage($1::jsonb)", {batch(rs)}).i64(0, 0) == 3);
+  CHECK(inserted(db, batch(rs)) == 3);
   CHECK(micros_balance(db, user) == 1'000'000 - 1234 - 1 - 500000);
   auto ledger = db.exec("SELECT (amount * 1000000)::bigint, (balance_after * 1000000)::bigint FROM credit_transactions"
                         " WHERE user_id = $1 AND transaction_type = 'usage' ORDER BY created_at, request_id",
@@ -66,9 +71,9 @@ TEST_CASE("record_usage: usage row, ledger row and debit together; a replay char
   CHECK(row.str(0, 0) == "it/model \"quoted\"");
   CHECK(row.i64(0, 1) == 15);
   // Replay the whole batch, and a batch with a duplicate inside: nothing more is charged.
-  CHECK(db.exec("SELECT record_usage($1::jsonb)", {batch(rs)}).i64(0, 0) == 0);
+  CHECK(inserted(db, batch(rs)) == 0);
   auto fresh = usage(user, unique("req_"), 7);
-  CHECK(db.exec("SELECT record_usage($1::jsonb)", {batch({fresh, fresh, rs[1]})}).i64(0, 0) == 1);
+  CHECK(inserted(db, batch({fresh, fresh, rs[1]})) == 1);
   CHECK(micros_balance(db, user) == 1'000'000 - 1234 - 1 - 500000 - 7);
   check_conservation(db, user);
 }
@@ -88,7 +93,7 @@ TEST_CASE("concurrent replays from several writers charge each request once") {
         sql::PgConn c(url);
         for (int attempt = 0; attempt < 5; ++attempt) {
           try {
-            inserted += static_cast<int>(c.exec("SELECT record_usage($1::jsonb)", {payload}).i64(0, 0));
+            inserted += static_cast<int>(::inserted(c, payload));
             return;
           } catch (const sql::PgError& e) {
             if (e.sqlstate != "40P01") throw;  // deadlock: the writer retries, so do we

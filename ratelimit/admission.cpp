@@ -1,0 +1,225 @@
+#include "ratelimit/admission.hpp"
+
+#include <fmt/format.h>
+#include <openssl/sha.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+
+namespace tollgate::ratelimit {
+
+// Defined in the generated scripts_embedded.cpp (ratelimit/scripts/*.lua).
+extern const char* const embedded_admit_lua;
+extern const char* const embedded_settle_lua;
+extern const char* const embedded_sync_lua;
+
+namespace {
+
+std::int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+struct Script {
+  std::string source, sha;
+  explicit Script(const char* src) : source(src) {
+    unsigned char md[SHA_DIGEST_LENGTH];
+    SHA1(reinterpret_cast<const unsigned char*>(source.data()), source.size(), md);
+    sha = fmt::format("{:02x}", fmt::join(md, md + SHA_DIGEST_LENGTH, ""));
+  }
+};
+
+const Script& script(int id) {
+  static const Script scripts[] = {Script(embedded_admit_lua), Script(embedded_settle_lua),
+                                   Script(embedded_sync_lua)};
+  return scripts[id];
+}
+
+std::int64_t as_int(const RedisReply& r) {
+  if (r.type == RedisReply::Type::integer) return r.integer;
+  return 0;
+}
+
+}  // namespace
+
+const std::string& script_source(int id) { return script(id).source; }
+const std::string& script_sha(int id) { return script(id).sha; }
+
+AccountKeys::AccountKeys(const std::string& a)
+    : balance("tg:{" + a + "}:bal"), holds("tg:{" + a + "}:holds"), hold_amounts("tg:{" + a + "}:hamt"),
+      pending("tg:{" + a + "}:pend"), committed("tg:{" + a + "}:done") {}
+
+std::vector<Window> windows_for(const keys::KeyRecord& k, std::int64_t token_estimate) {
+  std::vector<Window> out;
+  auto add = [&](const keys::Limits& l, const std::string& scope, const std::string& prefix) {
+    struct Spec {
+      std::int64_t limit;
+      const char* name;
+      std::int64_t ms;
+      bool tokens;
+    };
+    const Spec specs[] = {{l.requests_per_minute, "requests_per_minute", 60'000, false},
+                          {l.requests_per_hour, "requests_per_hour", 3'600'000, false},
+                          {l.requests_per_day, "requests_per_day", 86'400'000, false},
+                          {l.tokens_per_minute, "tokens_per_minute", 60'000, true}};
+    for (const auto& s : specs) {
+      if (s.limit <= 0) continue;
+      Window w;
+      w.key = prefix + s.name;
+      w.name = scope + "_" + s.name;
+      w.tokens = s.tokens;
+      w.limit = s.limit;
+      w.window_ms = s.ms;
+      w.cost = s.tokens ? token_estimate : 1;
+      out.push_back(std::move(w));
+    }
+  };
+  add(k.key_limits, "key", "tg:{" + k.user_id + "}:k:" + k.key_id + ":");
+  add(k.account_limits, "account", "tg:{" + k.user_id + "}:a:");
+  return out;
+}
+
+Admitter::Admitter(RedisConnection& redis, const AdmissionConfig& cfg, BalanceLoader load_balance)
+    : redis_(redis), cfg_(cfg), load_balance_(std::move(load_balance)) {}
+
+boost::asio::awaitable<std::pair<boost::system::error_code, RedisReply>> Admitter::eval(
+    int id, const std::vector<std::string>& keys, const std::vector<std::string>& args) {
+  std::vector<std::string> argv;
+  argv.reserve(3 + keys.size() + args.size());
+  argv.push_back("EVALSHA");
+  argv.push_back(script(id).sha);
+  argv.push_back(std::to_string(keys.size()));
+  argv.insert(argv.end(), keys.begin(), keys.end());
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto res = co_await redis_.command(argv, cfg_.timeout);
+  if (!res.first && res.second.is_error() && res.second.str.rfind("NOSCRIPT", 0) == 0) {
+    // First use on this Redis (or after a restart/flush): EVAL loads the script.
+    argv[0] = "EVAL";
+    argv[1] = script(id).source;
+    res = co_await redis_.command(std::move(argv), cfg_.timeout);
+  }
+  co_return res;
+}
+
+boost::asio::awaitable<Admission> Admitter::admit(const keys::KeyRecord& key, const std::string& request_id,
+                                                  pricing::Micros hold, std::int64_t token_estimate) {
+  Admission a;
+  a.token_estimate = token_estimate;
+  a.windows = windows_for(key, token_estimate);
+  AccountKeys ak(key.user_id);
+  std::vector<std::string> keys{ak.balance, ak.holds, ak.hold_amounts};
+  std::vector<std::string> args{"", request_id, std::to_string(hold), std::to_string(cfg_.hold_ttl.count()),
+                                std::to_string(key.overdraft_micros), std::to_string(a.windows.size())};
+  for (const auto& w : a.windows) {
+    keys.push_back(w.key);
+    args.push_back(std::to_string(w.limit));
+    args.push_back(std::to_string(w.window_ms));
+    args.push_back(std::to_string(cfg_.buckets));
+    args.push_back(std::to_string(w.cost));
+  }
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    args[0] = std::to_string(now_ms());
+    auto [ec, reply] = co_await eval(script_admit, keys, args);
+    if (ec || reply.type != RedisReply::Type::array || reply.elements.size() != 3 + 3 * a.windows.size()) {
+      if (!ec) spdlog::error("admission script: unexpected reply {}", reply.str);
+      a.verdict = Verdict::unavailable;
+      co_return a;
+    }
+    const auto& e = reply.elements;
+    for (std::size_t i = 0; i < a.windows.size(); ++i) {
+      a.windows[i].remaining = as_int(e[3 + 3 * i]);
+      a.windows[i].reset_ms = as_int(e[4 + 3 * i]);
+      a.windows[i].bucket = as_int(e[5 + 3 * i]);
+    }
+    switch (as_int(e[0])) {
+      case 0:
+        a.verdict = Verdict::admitted;
+        a.available = as_int(e[1]);
+        co_return a;
+      case 1:
+        a.verdict = Verdict::rate_limited;
+        a.limited = static_cast<int>(as_int(e[1])) - 1;
+        a.retry_after_ms = as_int(e[2]);
+        co_return a;
+      case 2:
+        a.verdict = Verdict::insufficient_balance;
+        a.available = as_int(e[1]);
+        co_return a;
+      default:
+        break;  // 3: the balance is not cached yet
+    }
+    if (attempt == 1) break;
+    std::optional<std::pair<pricing::Micros, std::int64_t>> bal;
+    try {
+      bal = co_await load_balance_(key.user_id);
+    } catch (const std::exception& ex) {
+      spdlog::error("admission: loading the balance failed: {}", ex.what());
+      break;
+    }
+    if (!bal) {
+      a.verdict = Verdict::insufficient_balance;
+      co_return a;
+    }
+    // Named vectors: GCC 12 mishandles braced temporaries inside co_await expressions.
+    std::vector<std::string> sync_keys{ak.balance, ak.pending, ak.committed};
+    std::vector<std::string> sync_args{std::to_string(bal->first), std::to_string(bal->second),
+                                       std::to_string(now_ms())};
+    auto [sec, sreply] = co_await eval(script_sync, sync_keys, sync_args);
+    if (sec || sreply.is_error()) break;
+  }
+  a.verdict = Verdict::unavailable;
+  co_return a;
+}
+
+boost::asio::awaitable<void> Admitter::settle(std::string account, std::string request_id, pricing::Micros charge,
+                                              std::vector<Window> windows, std::int64_t actual_tokens,
+                                              std::int64_t token_estimate) {
+  AccountKeys ak(account);
+  std::vector<std::string> keys{ak.balance, ak.holds, ak.hold_amounts, ak.pending, ak.committed};
+  std::vector<std::string> args{request_id, std::to_string(charge)};
+  for (const auto& w : windows) {
+    if (!w.tokens) continue;
+    keys.push_back(w.key);
+    args.push_back(std::to_string(w.bucket));
+    args.push_back(std::to_string(actual_tokens - token_estimate));
+  }
+  auto [ec, reply] = co_await eval(script_settle, keys, args);
+  if (ec || reply.is_error())
+    spdlog::warn("{}: settle in Redis failed ({}); the hold expires by itself",
+                 request_id, ec ? ec.message() : reply.str);
+}
+
+bool sync_balance(RedisSyncClient& redis, const std::string& account, pricing::Micros credits,
+                  std::int64_t version, const std::vector<std::string>& committed_request_ids) {
+  AccountKeys ak(account);
+  std::vector<std::string> argv{"EVALSHA", script(script_sync).sha, "3", ak.balance, ak.pending, ak.committed,
+                                std::to_string(credits), std::to_string(version), std::to_string(now_ms())};
+  argv.insert(argv.end(), committed_request_ids.begin(), committed_request_ids.end());
+  auto r = redis.command(argv);
+  if (r && r->is_error() && r->str.rfind("NOSCRIPT", 0) == 0) {
+    argv[0] = "EVAL";
+    argv[1] = script(script_sync).source;
+    r = redis.command(argv);
+  }
+  if (!r || r->is_error()) {
+    if (r) spdlog::warn("balance sync for {}: {}", account, r->str);
+    return false;
+  }
+  return true;
+}
+
+std::string format_reset(std::int64_t ms) {
+  if (ms < 0) ms = 0;
+  if (ms < 1000) return fmt::format("{}ms", ms);
+  std::int64_t h = ms / 3'600'000, m = ms / 60'000 % 60, s = ms / 1000 % 60, frac = ms % 1000;
+  std::string sec = frac == 0 ? fmt::format("{}s", s) : fmt::format("{}.{:03}", s, frac);
+  if (frac != 0) {
+    while (sec.back() == '0') sec.pop_back();
+    sec += "s";
+  }
+  if (h > 0) return fmt::format("{}h{}m{}", h, m, sec);
+  if (m > 0) return fmt::format("{}m{}", m, sec);
+  return sec;
+}
+
+}  // namespace tollgate::ratelimit

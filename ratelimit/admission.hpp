@@ -1,0 +1,134 @@
+#pragma once
+// Phase 4 (admit) and phase 7 (settle): one Redis round trip each, Lua scripts in
+// ratelimit/scripts/ run with EVALSHA.
+//
+// Sliding windows. A window of length W with limit N is kept as B = 60 buckets of width
+// g = W / B in one Redis hash (bucket index → count, plus the running total and the oldest live
+// bucket). A request arriving at time t is counted against every admission in buckets
+// floor(t/g) − B … floor(t/g), i.e. in an interval that contains (t − W, t] and lies inside
+// (t − W − g, t]. Hence:
+//   * never over-admits: any interval of length W holds at most N admitted requests (tokens),
+//     across any number of instances, because the check and the increment are one script;
+//   * under-admits only by one bucket: a request is refused only if N were admitted in the last
+//     W + g; at saturation at least N·B/(B+1) ≥ 98.3 % of N are admitted per W.
+//   * memory per key and window: at most B + 3 hash fields, expiring after W + 2g idle.
+// Tokens per minute are counted at admission from the worst case (prompt bytes + max_tokens)
+// and corrected to the real usage at settle (in the bucket they were added to).
+//
+// Balance holds. Per account (all keys in one hash slot, `tg:{account}:…`): the cached balance
+// {credits, version, held, pending}, the holds (request → amount, expiry) and the pending
+// charges (settled in Redis, not yet committed to Postgres). A request is admitted only if
+// credits − held − pending + overdraft ≥ its worst-case cost, which is then held. Settle
+// releases the hold and adds the real charge to pending; when the usage writer commits the
+// batch to Postgres, sync.lua installs the new credits (if its version is newer — updates from
+// several instances may arrive out of order) and drops those requests from pending. A hold left
+// by a crashed instance expires after `hold_ttl` (the maximum request duration).
+#include "keys/key_cache.hpp"
+#include "pricing/money.hpp"
+#include "ratelimit/redis_client.hpp"
+
+#include <boost/asio/awaitable.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace tollgate::ratelimit {
+
+/// What to do when Redis does not answer within the admission timeout.
+enum class FailureMode {
+  fail_closed,  ///< 503 (default): nothing is admitted that could not be checked
+  fail_open,    ///< skip rate limits; the balance is checked in Postgres instead
+};
+
+struct AdmissionConfig {
+  bool enabled = true;
+  std::chrono::milliseconds timeout{50};          ///< per Redis round trip
+  FailureMode failure_mode = FailureMode::fail_closed;
+  std::chrono::milliseconds hold_ttl{600'000};    ///< maximum request duration
+  int buckets = 60;                               ///< per window (see the bound above)
+};
+
+/// One sliding window that applies to a request.
+struct Window {
+  std::string key;         ///< Redis hash key
+  std::string name;        ///< e.g. "key_requests_per_minute"
+  bool tokens = false;     ///< a token window (else requests)
+  std::int64_t limit = 0;
+  std::int64_t window_ms = 0;
+  std::int64_t cost = 0;   ///< 1 request, or the token estimate
+  // Filled from the script's answer:
+  std::int64_t remaining = 0;
+  std::int64_t reset_ms = 0;
+  std::int64_t bucket = 0;
+};
+
+enum class Verdict { admitted, rate_limited, insufficient_balance, unavailable };
+
+struct Admission {
+  Verdict verdict = Verdict::unavailable;
+  std::vector<Window> windows;
+  int limited = -1;                  ///< index into windows when rate_limited
+  std::int64_t retry_after_ms = 0;
+  pricing::Micros available = 0;     ///< balance left after the hold (or short of it)
+  std::int64_t token_estimate = 0;
+};
+
+/// Loads (credits in credit units, version) of an account from Postgres; nullopt if unknown.
+using BalanceLoader =
+    std::function<boost::asio::awaitable<std::optional<std::pair<pricing::Micros, std::int64_t>>>(std::string)>;
+
+/// Redis key names (one hash slot per account).
+struct AccountKeys {
+  explicit AccountKeys(const std::string& account);
+  std::string balance, holds, hold_amounts, pending, committed;
+};
+
+/// The windows that apply to a key: its own overrides and its account's limits
+/// (0 = unlimited, no window).
+std::vector<Window> windows_for(const keys::KeyRecord& key, std::int64_t token_estimate);
+
+/// Admission and settle over one per-thread Redis connection. Not thread-safe.
+class Admitter {
+ public:
+  Admitter(RedisConnection& redis, const AdmissionConfig& cfg, BalanceLoader load_balance);
+
+  /// One round trip (two plus a Postgres read when the account's balance is not cached yet).
+  /// `hold` in credit units; `token_estimate` in tokens. Never throws for Redis trouble:
+  /// returns Verdict::unavailable within the configured timeout instead.
+  boost::asio::awaitable<Admission> admit(const keys::KeyRecord& key, const std::string& request_id,
+                                          pricing::Micros hold, std::int64_t token_estimate);
+
+  /// Releases the hold, counts `charge` as pending and corrects token windows to
+  /// `actual_tokens`. Errors are logged (the hold then expires by itself).
+  boost::asio::awaitable<void> settle(std::string account, std::string request_id, pricing::Micros charge,
+                                      std::vector<Window> windows, std::int64_t actual_tokens,
+                                      std::int64_t token_estimate);
+
+ private:
+  boost::asio::awaitable<std::pair<boost::system::error_code, RedisReply>> eval(
+      int script, const std::vector<std::string>& keys, const std::vector<std::string>& args);
+
+  RedisConnection& redis_;
+  const AdmissionConfig& cfg_;
+  BalanceLoader load_balance_;
+};
+
+/// The Lua scripts (embedded from ratelimit/scripts) and their SHA-1s for EVALSHA.
+enum ScriptId { script_admit = 0, script_settle = 1, script_sync = 2 };
+const std::string& script_source(int id);
+const std::string& script_sha(int id);
+
+/// Installs Postgres' balance of an account in Redis (newer version wins) and drops
+/// `committed_request_ids` from its pending charges. For threads outside the event loop
+/// (usage writer, NOTIFY listener). Returns false if Redis did not answer.
+bool sync_balance(RedisSyncClient& redis, const std::string& account, pricing::Micros credits,
+                  std::int64_t version, const std::vector<std::string>& committed_request_ids);
+
+/// Go-style duration as OpenAI's x-ratelimit-reset-* headers use: "20ms", "1s", "1.5s", "6m0s".
+std::string format_reset(std::int64_t ms);
+
+}  // namespace tollgate::ratelimit

@@ -1,0 +1,368 @@
+// End-to-end harness: runs the real tollgate-stub and `tollgate serve` as child processes
+// against the Postgres in TOLLGATE_DATABASE_URL, with a unique account, key and model namespace
+// per run so that several runs (and other suites) can share one database.
+//
+//   const h = useHarness();          // registers before/after hooks on node:test
+//   test('...', async () => { h.url; h.key; h.model; await h.usageRow(id); ... });
+//
+// Money is handled as BigInt micro-dollars (1e-6 USD), never as JS numbers.
+
+import { spawn, execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before } from 'node:test';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+
+export const DATABASE_URL = process.env.TOLLGATE_DATABASE_URL;
+if (!DATABASE_URL) {
+  // Fail loudly: an e2e suite that silently skips is worse than none.
+  throw new Error(
+    'TOLLGATE_DATABASE_URL is not set: the e2e suite needs a migrated Postgres ' +
+      '(bash deploy/local/services.sh start DIR && source DIR/env && tollgate migrate)',
+  );
+}
+export const TOLLGATE_BIN = resolve(process.env.TOLLGATE_BIN || join(HERE, '../../build/bin/tollgate'));
+export const STUB_BIN = resolve(process.env.TOLLGATE_STUB_BIN || join(HERE, '../../build/bin/tollgate-stub'));
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+export const randomSuffix = (bytes = 6) => randomBytes(bytes).toString('hex');
+
+// ---------------------------------------------------------------------------------------------
+// Money: decimal strings <-> BigInt micro-dollars.
+
+/** "0.000123" / "-5.000000" / "0.00012300000000" -> BigInt micros; throws on sub-micro digits. */
+export function toMicros(text) {
+  const s = String(text).trim();
+  const m = /^(-?)(\d+)(?:\.(\d*))?$/.exec(s);
+  if (!m) throw new Error(`not a decimal: ${JSON.stringify(text)}`);
+  const frac = (m[3] || '').padEnd(6, '0');
+  if (/[1-9]/.test(frac.slice(6))) throw new Error(`${s} has non-zero digits below 1e-6`);
+  const v = BigInt(m[2]) * 1_000_000n + BigInt(frac.slice(0, 6));
+  return m[1] === '-' ? -v : v;
+}
+
+/** BigInt micros -> "1.234567" */
+export function fromMicros(micros) {
+  const neg = micros < 0n;
+  const a = neg ? -micros : micros;
+  return `${neg ? '-' : ''}${a / 1_000_000n}.${(a % 1_000_000n).toString().padStart(6, '0')}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+function run(file, args, { env, input } = {}) {
+  return new Promise((resolveRun, reject) => {
+    const child = execFile(
+      file,
+      args,
+      { env: env || process.env, maxBuffer: 16 << 20, timeout: 30_000 },
+      (err, stdout, stderr) => {
+        if (err) {
+          err.message = `${file} ${args.join(' ')} failed: ${err.message}\nstdout: ${stdout}\nstderr: ${stderr}`;
+          reject(err);
+        } else resolveRun({ stdout, stderr });
+      },
+    );
+    if (input !== undefined) child.stdin.end(input);
+  });
+}
+
+/** SQL string literal (standard_conforming_strings is on by default). */
+export const lit = (s) => `'${String(s).replace(/'/g, "''")}'`;
+
+/** Runs one SQL statement with psql; returns the unaligned, tuples-only output, trimmed. */
+export async function psql(sql) {
+  const { stdout } = await run('psql', ['-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', DATABASE_URL, '-c', sql]);
+  return stdout.trim();
+}
+
+/** Runs a query that returns a single json value (or no row); returns the parsed value or null. */
+export async function psqlJson(sql) {
+  const out = await psql(sql);
+  return out === '' ? null : JSON.parse(out);
+}
+
+async function waitForFile(path, ms, what) {
+  const deadline = Date.now() + ms;
+  while (!existsSync(path)) {
+    if (Date.now() > deadline) throw new Error(`${what}: ${path} did not appear within ${ms} ms`);
+    await sleep(100);
+  }
+}
+
+/** Runs the tollgate CLI (waits up to 60 s for the binary, which may be mid-rebuild). */
+export async function tollgate(...args) {
+  await waitForFile(TOLLGATE_BIN, 60_000, 'tollgate binary');
+  return run(TOLLGATE_BIN, args);
+}
+
+/** A port nothing listens on (bound and released at once). */
+export function closedPort() {
+  return new Promise((res, rej) => {
+    const srv = createServer();
+    srv.once('error', rej);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => res(port));
+    });
+  });
+}
+
+/** A child process with its output kept (last 64 KiB) for failure messages. */
+class Child {
+  constructor(name, file, args, env) {
+    this.name = name;
+    this.log = '';
+    this.exited = null;
+    this.proc = spawn(file, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const keep = (d) => {
+      this.log = (this.log + d.toString()).slice(-65536);
+      if (process.env.E2E_VERBOSE) process.stderr.write(`[${name}] ${d}`);
+    };
+    this.proc.stdout.on('data', keep);
+    this.proc.stderr.on('data', keep);
+    this.exitPromise = new Promise((res) => {
+      this.proc.on('exit', (code, signal) => {
+        this.exited = { code, signal };
+        res(this.exited);
+      });
+      this.proc.on('error', (err) => {
+        this.exited = { error: err };
+        res(this.exited);
+      });
+    });
+  }
+
+  /** Waits for the port file, then until GET `path` answers 200 (10 s bound in total). */
+  async ready(portFile, path) {
+    const deadline = Date.now() + 10_000;
+    let lastErr = 'no port file yet';
+    while (Date.now() < deadline) {
+      if (this.exited) throw new Error(`${this.name} exited early (${JSON.stringify(this.exited)}):\n${this.log}`);
+      if (existsSync(portFile)) {
+        const port = Number(readFileSync(portFile, 'utf8').trim());
+        if (port > 0) {
+          try {
+            const res = await fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(1000) });
+            await res.arrayBuffer();
+            if (res.status === 200) return port;
+            lastErr = `GET ${path} -> ${res.status}`;
+          } catch (e) {
+            lastErr = e.message;
+          }
+        }
+      }
+      await sleep(50);
+    }
+    throw new Error(`${this.name} not ready within 10 s (${lastErr}):\n${this.log}`);
+  }
+
+  async stop() {
+    if (this.exited) return this.exited;
+    this.proc.kill('SIGTERM');
+    const killer = setTimeout(() => this.proc.kill('SIGKILL'), 12_000);
+    const r = await this.exitPromise;
+    clearTimeout(killer);
+    return r;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness
+
+export class Harness {
+  constructor() {
+    this.run = `e2e${randomSuffix(5)}`;
+    this.namespace = this.run; // model namespace and pricing-rule glob prefix
+    this.model = `${this.namespace}/small`;
+    this.promptPrice = '0.000001';
+    this.completionPrice = '0.000002';
+    this.markupPercent = '25';
+    this.upstreamKey = `sk-or-upstream-${randomSuffix(16)}`;
+    this.children = [];
+    this.tmpDirs = [];
+    this.emails = [];
+  }
+
+  tmp(prefix) {
+    const d = mkdtempSync(join(tmpdir(), `tollgate-${prefix}-`));
+    this.tmpDirs.push(d);
+    return d;
+  }
+
+  async startStub() {
+    await waitForFile(STUB_BIN, 60_000, 'tollgate-stub binary');
+    const dir = this.tmp('stub');
+    const portFile = join(dir, 'port');
+    const child = new Child('stub', STUB_BIN, [
+      '--listen', '127.0.0.1:0', '--port-file', portFile, '--require-key', this.upstreamKey,
+    ], process.env);
+    this.children.push(child);
+    const port = await child.ready(portFile, '/__stub/last');
+    return { child, port, url: `http://127.0.0.1:${port}` };
+  }
+
+  /** Starts one `tollgate serve`; `upstreamUrl` defaults to the stub. */
+  async startProxy({ upstreamUrl = `${this.stubUrl}/api/v1`, name = 'tollgate', env: extraEnv = {}, args = [] } = {}) {
+    await waitForFile(TOLLGATE_BIN, 60_000, 'tollgate binary');
+    const dir = this.tmp(name);
+    const portFile = join(dir, 'port');
+    const env = {
+      ...process.env,
+      TOLLGATE_DATABASE_URL: DATABASE_URL,
+      TOLLGATE_LISTEN: '127.0.0.1:0',
+      TOLLGATE_UPSTREAM_URL: upstreamUrl,
+      TOLLGATE_UPSTREAM_KEY: this.upstreamKey,
+      TOLLGATE_JOURNAL_DIR: join(dir, 'journal'),
+      ...extraEnv,
+    };
+    const child = new Child(name, TOLLGATE_BIN, [...args, 'serve', '--port-file', portFile], env);
+    this.children.push(child);
+    const port = await child.ready(portFile, '/healthz');
+    // serve announces itself; the line may trail the port file by a moment.
+    const deadline = Date.now() + 2000;
+    while (!/tollgate listening on/.test(child.log) && Date.now() < deadline) await sleep(20);
+    if (!/tollgate listening on/.test(child.log))
+      throw new Error(`${name} answers /healthz but never logged "tollgate listening on":\n${child.log}`);
+    return { child, port, url: `http://127.0.0.1:${port}` };
+  }
+
+  /** A fresh account (unique email) with `usd` credits (a decimal string) and one key. */
+  async newAccount({ usd = '10', label = 'acct' } = {}) {
+    const email = `${this.run}-${label}-${randomSuffix(4)}@e2e.tollgate.test`;
+    this.emails.push(email);
+    const id = (await tollgate('accounts', 'create', email)).stdout.trim();
+    if (!/^[0-9a-f-]{36}$/.test(id)) throw new Error(`accounts create printed ${JSON.stringify(id)}`);
+    if (toMicros(usd) !== 0n) await tollgate('credits', 'add', id, usd, '--note', `e2e ${this.run}`);
+    const key = await this.newKey(id);
+    return { id, email, ...key };
+  }
+
+  /** A new key for an account: { key, keyId }. */
+  async newKey(account, name = 'e2e') {
+    const { stdout, stderr } = await tollgate('keys', 'create', account, '--name', name);
+    const key = stdout.trim();
+    const m = /key id ([0-9a-f-]{36})/.exec(stderr);
+    if (!/^tg_[0-9A-Za-z]{38}$/.test(key) || !m) throw new Error(`keys create printed ${stdout} / ${stderr}`);
+    return { key, keyId: m[1] };
+  }
+
+  async start() {
+    // Prices and the pricing rule first, so the proxy's first pricing snapshot has them.
+    await tollgate('prices', 'set', this.model, this.promptPrice, this.completionPrice, '--context-length', '8192');
+    await psql(
+      `INSERT INTO pricing_rules (model_pattern, markup_percentage, min_cost_usd, is_active, priority)
+       VALUES (${lit(`${this.namespace}/*`)}, ${this.markupPercent}, 0, true, 1000)`,
+    );
+    const stub = await this.startStub();
+    this.stub = stub;
+    this.stubUrl = stub.url;
+    const proxy = await this.startProxy();
+    this.proxy = proxy;
+    this.url = proxy.url;
+    this.account = await this.newAccount({ usd: '10', label: 'main' });
+    this.key = this.account.key;
+  }
+
+  async stop() {
+    const errors = [];
+    for (const c of this.children.reverse()) {
+      try {
+        await c.stop();
+      } catch (e) {
+        errors.push(e);
+      }
+    }
+    for (const d of this.tmpDirs) rmSync(d, { recursive: true, force: true });
+    // Our rows only: the namespace's price and rule, and this run's accounts (cascades).
+    try {
+      await psql(`DELETE FROM pricing_rules WHERE model_pattern = ${lit(`${this.namespace}/*`)}`);
+      await psql(`DELETE FROM model_prices WHERE model LIKE ${lit(`${this.namespace}/%`)}`);
+      if (this.emails.length)
+        await psql(`DELETE FROM users WHERE email IN (${this.emails.map(lit).join(',')})`);
+    } catch (e) {
+      errors.push(e);
+    }
+    if (errors.length) throw errors[0];
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Database helpers
+
+  /** The usage row of a request id as an object (numerics as strings), or null. */
+  async usageRowNow(requestId) {
+    return psqlJson(
+      `SELECT json_build_object(
+         'request_id', request_id, 'user_id', user_id, 'api_key_id', api_key_id, 'model', model,
+         'prompt_tokens', prompt_tokens, 'completion_tokens', completion_tokens,
+         'total_tokens', total_tokens, 'cost_usd', cost_usd::text,
+         'credits_deducted', credits_deducted::text, 'status', status,
+         'request_metadata', request_metadata, 'response_metadata', response_metadata)
+       FROM usage_logs WHERE request_id = ${lit(requestId)}`,
+    );
+  }
+
+  /** Polls (every 25 ms, up to `ms`) for the usage row of a request id; throws if none. */
+  async usageRow(requestId, ms = 5000) {
+    if (!requestId) throw new Error('no request id');
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const row = await this.usageRowNow(requestId);
+      if (row) return row;
+      if (Date.now() > deadline) throw new Error(`no usage_logs row for ${requestId} within ${ms} ms`);
+      await sleep(25);
+    }
+  }
+
+  /** Balance of an account (uuid) in BigInt micros. */
+  async balance(userId) {
+    return toMicros(await psql(`SELECT credits::text FROM balances WHERE user_id = ${lit(userId)}`));
+  }
+
+  /** tollgate_price(model, prompt, completion) -> { cost, charge } in BigInt micros. */
+  async price(model, prompt, completion) {
+    const out = await psql(
+      `SELECT cost_usd::text || ' ' || charge_usd::text FROM tollgate_price(${lit(model)}, ${BigInt(prompt)}, ${BigInt(completion)})`,
+    );
+    if (!out) throw new Error(`tollgate_price(${model}) returned no row: is the model priced?`);
+    const [cost, charge] = out.split(' ');
+    return { cost: toMicros(cost), charge: toMicros(charge) };
+  }
+
+  /** The 'usage' ledger rows of a request id. */
+  async ledger(requestId) {
+    return (
+      (await psqlJson(
+        `SELECT json_agg(json_build_object('amount', amount::text, 'balance_after', balance_after::text,
+                                           'transaction_type', transaction_type))
+         FROM credit_transactions WHERE request_id = ${lit(requestId)}`,
+      )) || []
+    );
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Stub helpers
+
+  async stubLast() {
+    const res = await fetch(`${this.stubUrl}/__stub/last`);
+    return res.json();
+  }
+}
+
+/** Creates a Harness and registers node:test before/after hooks that start and stop it. */
+export function useHarness() {
+  const h = new Harness();
+  before(async () => {
+    await h.start();
+  }, { timeout: 60_000 });
+  after(async () => {
+    await h.stop();
+  }, { timeout: 60_000 });
+  return h;
+}
