@@ -658,7 +658,14 @@ awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& bu
   bool keep = ctx.client_keep_alive;
   if (!co_await admit(client, app, tc, ctx, keep)) co_return keep;
   Outcome out;
-  keep = co_await forward(client, app, tc.upstream, ctx, out);
+  try {
+    keep = co_await forward(client, app, tc.upstream, ctx, out);
+  } catch (const std::exception& e) {
+    // Whatever broke, phases 7-8 still run: a request that reached the upstream is recorded.
+    spdlog::error("{}: forwarding failed: {}", ctx.request_id, e.what());
+    out.upstream_aborted = out.reached_upstream;
+    keep = false;
+  }
   auto rec = record(app, ctx, out);
   if (ctx.admission && tc.admitter) {
     // Phase 7 off the request path: the session goes on to the next request meanwhile.

@@ -113,6 +113,29 @@ test('funded for exactly 10 worst cases, 200 concurrent streams on 3 instances: 
   for (const p of others) await p.child.stop();
 });
 
+test('a top-up becomes spendable on every instance within 1 s', async () => {
+  const second = await h.startProxy({ name: 'tollgate-topup' });
+  const acct = await h.newAccount({ usd: '0', label: 'topup' });
+  const body = { model: h.model, max_tokens: 5, messages: [{ role: 'user', content: 'top me up' }] };
+  // Both instances have the (empty) balance cached in Redis now.
+  assert.equal((await chat(h.url, acct.key, body)).status, 402);
+  assert.equal((await chat(second.url, acct.key, body)).status, 402);
+  await tollgate('credits', 'add', acct.id, '1');
+  const t0 = Date.now();
+  const seen = new Set();
+  while (seen.size < 2 && Date.now() - t0 < 3000) {
+    for (const url of [h.url, second.url]) {
+      if (!seen.has(url) && (await chat(url, acct.key, body)).status === 200) seen.add(url);
+    }
+    if (seen.size < 2) await sleep(20);
+  }
+  const elapsed = Date.now() - t0;
+  console.log(`# top-up spendable on both instances after ${elapsed} ms`);
+  assert.equal(seen.size, 2, 'the top-up never became spendable on both instances');
+  assert.ok(elapsed < 1000, `took ${elapsed} ms`);
+  await second.child.stop();
+});
+
 test("a killed instance's hold expires and the balance becomes spendable again", async () => {
   const dir = h.tmp('holdttl');
   const config = join(dir, 'tollgate.toml');
