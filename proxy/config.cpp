@@ -89,6 +89,7 @@ Config Config::load(const std::optional<std::string>& path) {
   if (const char* v = std::getenv("TOLLGATE_UPSTREAM_URL")) c.upstream_url_text = v;
   if (const char* v = std::getenv("TOLLGATE_UPSTREAM_KEY")) c.upstream_key = v;
   if (const char* v = std::getenv("TOLLGATE_JOURNAL_DIR")) c.journal_dir = v;
+  if (const char* v = std::getenv("TOLLGATE_ADMISSION_TIMEOUT_MS")) c.admission.timeout = std::chrono::milliseconds(std::atoi(v));
   if (const char* v = std::getenv("TOLLGATE_ADMISSION")) {  // "off" | "closed" | "open"
     std::string m = v;
     c.admission.enabled = m != "off";
@@ -97,6 +98,7 @@ Config Config::load(const std::optional<std::string>& path) {
   }
   c.upstream = parse_upstream_url(c.upstream_url_text);
   if (c.prompt_bytes_per_token < 1) throw std::invalid_argument("billing.prompt_bytes_per_token must be >= 1");
+  if (c.admission.timeout.count() < 1) throw std::invalid_argument("admission.timeout_ms must be >= 1");
   if (c.default_max_tokens < 1) throw std::invalid_argument("billing.default_max_tokens must be >= 1");
   return c;
 }

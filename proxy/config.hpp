@@ -1,7 +1,8 @@
 #pragma once
 // tollgate's configuration: a TOML file (deploy/tollgate.example.toml documents every key)
 // overridden by environment variables TOLLGATE_LISTEN, TOLLGATE_DATABASE_URL,
-// TOLLGATE_REDIS_URL, TOLLGATE_UPSTREAM_URL, TOLLGATE_UPSTREAM_KEY, TOLLGATE_JOURNAL_DIR.
+// TOLLGATE_REDIS_URL, TOLLGATE_UPSTREAM_URL, TOLLGATE_UPSTREAM_KEY, TOLLGATE_JOURNAL_DIR,
+// TOLLGATE_ADMISSION (off | closed | open), TOLLGATE_ADMISSION_TIMEOUT_MS.
 // Built once at start and shared read-only.
 #include "ratelimit/admission.hpp"
 

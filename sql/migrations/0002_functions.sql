@@ -58,14 +58,9 @@ END $$;
 
 -- Records a batch of usage records (a JSON array of objects, as the proxy's usage journal
 -- writes them) in one transaction: usage row, ledger row and balance debit per new request_id.
--- Replays are harmless: request_ids already recorded are skipped. Returns, per account in the
--- batch, the balance after it (credit units) and its version (for the Redis balance cache),
--- and how many of its records were new.
-CREATE FUNCTION record_usage(p_batch jsonb)
-RETURNS TABLE (account uuid, credits_micros bigint, balance_version bigint, inserted integer)
-LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE accounts uuid[];
+-- Replays are harmless: request_ids already recorded are skipped. Returns rows inserted.
+CREATE FUNCTION record_usage(p_batch jsonb) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE n integer;
 BEGIN
   CREATE TEMP TABLE IF NOT EXISTS tollgate_usage_in (
     ord bigint, request_id text, user_id uuid, api_key_id uuid, model text,
@@ -84,7 +79,6 @@ BEGIN
   FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS e(j, ord)
   ORDER BY e.j->>'request_id', e.ord;
 
-  accounts := ARRAY(SELECT DISTINCT user_id FROM tollgate_usage_in ORDER BY 1);
   -- Drop those already recorded (replays), then lock the balances in a fixed order so that
   -- concurrent batches from several instances cannot deadlock.
   DELETE FROM tollgate_usage_in i USING usage_logs u WHERE u.request_id = i.request_id;
@@ -118,21 +112,15 @@ BEGIN
              (PARTITION BY i.user_id ORDER BY i.created_at, i.request_id ROWS UNBOUNDED PRECEDING),
            'usage', i.request_id, i.created_at
     FROM ins i JOIN upd u ON u.user_id = i.user_id
-    RETURNING user_id
+    RETURNING 1
   )
-  SELECT array_agg(user_id) INTO accounts FROM (SELECT unnest(accounts) AS user_id
-    UNION ALL SELECT user_id FROM led) all_rows;
+  SELECT count(*) INTO n FROM led;
 
   UPDATE api_keys k SET last_used_at = t.last_used
   FROM (SELECT api_key_id, max(created_at) AS last_used FROM tollgate_usage_in
         WHERE api_key_id IS NOT NULL GROUP BY api_key_id) t
   WHERE k.id = t.api_key_id AND (k.last_used_at IS NULL OR k.last_used_at < t.last_used);
-
-  -- accounts holds each batch account once, plus once more per new ledger row.
-  RETURN QUERY
-    SELECT b.user_id, (b.credits * 1000000)::bigint, b.version, (count(*) - 1)::integer
-    FROM unnest(accounts) AS a(user_id) JOIN balances b ON b.user_id = a.user_id
-    GROUP BY b.user_id, b.credits, b.version;
+  RETURN n;
 END $$;
 
 -- Cache invalidation. Channel payloads: api key hash, account id, or nothing (reload all).
@@ -165,17 +153,6 @@ CREATE TRIGGER rate_limits_notify AFTER INSERT OR UPDATE OR DELETE ON rate_limit
   FOR EACH ROW EXECUTE FUNCTION tollgate_notify_account();
 CREATE TRIGGER balances_overdraft_notify AFTER UPDATE OF overdraft_usd ON balances
   FOR EACH ROW EXECUTE FUNCTION tollgate_notify_account();
-
--- Balance changes (top-ups, batches): payload "account version credits_micros", so every
--- instance refreshes its Redis balance cache within milliseconds, version-ordered.
-CREATE FUNCTION tollgate_notify_balance() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  PERFORM pg_notify('tollgate_balances',
-                    NEW.user_id::text || ' ' || NEW.version || ' ' || (NEW.credits * 1000000)::bigint);
-  RETURN NULL;
-END $$;
-CREATE TRIGGER balances_notify AFTER INSERT OR UPDATE OF credits, version ON balances
-  FOR EACH ROW EXECUTE FUNCTION tollgate_notify_balance();
 
 CREATE FUNCTION tollgate_notify_pricing() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

@@ -174,15 +174,29 @@ test("a killed instance's hold expires and the balance becomes spendable again",
 test('Redis stopped mid-run: answers within the timeout (503 fail closed, or open with Postgres balance)', async (t) => {
   const services = process.env.TOLLGATE_SERVICES_DIR;
   assert.ok(services, 'TOLLGATE_SERVICES_DIR is not set: run through tests/run.sh');
-  const open = await h.startProxy({ name: 'tollgate-open', env: { TOLLGATE_ADMISSION: 'open' } });
+  // The default 50 ms Redis deadline here: what an operator gets.
+  const closedProxy = await h.startProxy({ name: 'tollgate-closed', env: { TOLLGATE_ADMISSION_TIMEOUT_MS: '50' } });
+  const open = await h.startProxy({ name: 'tollgate-open', env: { TOLLGATE_ADMISSION: 'open', TOLLGATE_ADMISSION_TIMEOUT_MS: '50' } });
   const poor = await h.newAccount({ usd: '0', label: 'poor' });
   const body = { model: h.model, max_tokens: 5, messages: [{ role: 'user', content: 'redis?' }] };
-  assert.equal((await chat(h.url, h.key, body)).status, 200);
+  assert.equal((await chat(closedProxy.url, h.key, body)).status, 200);
+
+  // Slow: Redis stops answering for 1.5 s (CLIENT PAUSE); admission gives up after 50 ms.
+  await redis('CLIENT', 'PAUSE', '1500', 'ALL');
+  const t0 = Date.now();
+  const slow = await chat(closedProxy.url, h.key, body);
+  const slowMs = Date.now() - t0;
+  t.diagnostic(`Redis paused: fail closed answered ${slow.status} in ${slowMs} ms`);
+  assert.equal(slow.status, 503, slow.text);
+  assert.ok(slowMs < 500, `a paused Redis held the request for ${slowMs} ms`);
+  await sleep(1600);
+
+  // Down: Redis stopped.
   await exec('bash', [SERVICES, 'stop-redis', services]);
   try {
     for (let i = 0; i < 5; ++i) {
       const t0 = Date.now();
-      const closed = await chat(h.url, h.key, body);
+      const closed = await chat(closedProxy.url, h.key, body);
       const elapsed = Date.now() - t0;
       t.diagnostic(`fail closed answered ${closed.status} in ${elapsed} ms`);
       assert.equal(closed.status, 503, closed.text);
@@ -207,4 +221,5 @@ test('Redis stopped mid-run: answers within the timeout (503 fail closed, or ope
   } while (Date.now() < deadline);
   assert.equal(back.status, 200, `after Redis came back: ${back.text}`);
   await open.child.stop();
+  await closedProxy.child.stop();
 });
