@@ -5,13 +5,14 @@ import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
 import { fromMicros, lit, psql, sleep, tollgate, toMicros, useHarness } from './harness.js';
 
 const h = useHarness();
 const exec = promisify(execFile);
-const SERVICES = join(import.meta.dirname, '../../deploy/local/services.sh');
+const SERVICES = fileURLToPath(new URL('../../deploy/local/services.sh', import.meta.url));
 
 async function redis(...args) {
   const { stdout } = await exec('redis-cli', ['-u', process.env.TOLLGATE_REDIS_URL, ...args]);
