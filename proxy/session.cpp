@@ -1,9 +1,12 @@
 // One client connection and the request path through it. Read top to bottom:
 //   run_session      — the connection loop (phase 1: parse & limit)
 //   handle_request   — routing, phase 2 (authenticate), 3 (read body), 4 (admit)
-//   forward          — phase 5: send upstream, relay the response (SSE event by event)
+//   forward          — phase 5 (proxy/forward.cpp): send upstream, relay the response
 //   record           — phases 6-8: price the usage, append the usage record
 #include "proxy/session.hpp"
+
+#include "proxy/forward.hpp"
+#include "proxy/request.hpp"
 
 #include "keys/api_key.hpp"
 #include "proxy/wire.hpp"
@@ -25,108 +28,14 @@
 namespace tollgate {
 namespace http = beast::http;
 using net::awaitable;
-using net::use_awaitable;
-constexpr auto tuple_awaitable = net::as_tuple(net::use_awaitable);
 
 namespace {
 
-constexpr std::chrono::seconds client_write_timeout{60};
 constexpr std::size_t header_limit = 16 * 1024;
 
 std::int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(
              std::chrono::system_clock::now().time_since_epoch()).count();
-}
-std::int64_t unix_now_us() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-/// 128 random bits, "req_" + 32 hex: unique across instances (usage_logs.request_id).
-std::string new_request_id() {
-  thread_local std::mt19937_64 rng = [] {
-    std::uint64_t seed[2];
-    if (RAND_bytes(reinterpret_cast<unsigned char*>(seed), sizeof seed) != 1)
-      seed[0] = std::random_device{}(), seed[1] = std::random_device{}();
-    std::seed_seq seq{seed[0], seed[1]};
-    return std::mt19937_64(seq);
-  }();
-  return fmt::format("req_{:016x}{:016x}", rng(), rng());
-}
-
-/// Per-request context: every phase reads and writes it.
-struct RequestCtx {
-  std::string request_id = new_request_id();
-  std::int64_t started_us = unix_now_us();
-  wire::Endpoint endpoint = wire::Endpoint::chat_completions;
-  std::string_view upstream_path;  ///< e.g. "/chat/completions" (appended to the base path)
-  keys::KeyCache::Record key;
-  pricing::PricingSnapshotPtr pricing;
-  const pricing::ModelPrice* price = nullptr;
-  std::string body;
-  wire::ParsedRequest req;
-  bool client_keep_alive = true;
-  std::string client_accept;
-  std::int64_t default_cap = 0;                    ///< max_tokens sent when the client sets none
-  std::optional<ratelimit::Admission> admission;  ///< set when Redis admitted the request
-  /// Sent on every response once known (OpenAI's x-ratelimit-* headers).
-  std::vector<std::pair<std::string, std::string>> headers;
-};
-
-/// What happened upstream; phase 8 runs when `reached_upstream`.
-struct Outcome {
-  bool reached_upstream = false;
-  int status = 0;
-  std::optional<wire::Usage> usage;
-  std::int64_t delivered_chunks = 0;
-  bool client_aborted = false;
-  bool upstream_aborted = false;
-  bool midstream_error = false;
-  bool client_started = false;  ///< response bytes were written to the client
-  std::optional<std::string> generation_id, finish_reason;
-};
-
-void count_status(App& app, int status) {
-  auto& m = app.metrics;
-  (status < 400 ? m.responses_2xx : status < 500 ? m.responses_4xx : m.responses_5xx)++;
-}
-
-/// Writes a complete JSON response. Returns false if the client is gone.
-awaitable<bool> reply(beast::tcp_stream& client, App& app, const RequestCtx& ctx, http::status status,
-                      std::string body, bool keep_alive) {
-  http::response<http::string_body> res{status, 11};
-  res.set(http::field::content_type, "application/json");
-  res.set("x-request-id", ctx.request_id);
-  for (const auto& [k, v] : ctx.headers) res.set(k, v);
-  res.keep_alive(keep_alive);
-  res.body() = std::move(body);
-  res.prepare_payload();
-  count_status(app, static_cast<int>(status));
-  client.expires_after(client_write_timeout);
-  auto [ec, n] = co_await http::async_write(client, res, tuple_awaitable);
-  co_return !ec && keep_alive;
-}
-
-/// After answering 413 without reading the body: stop sending, then read and discard what the
-/// client is still sending (at most 64 MiB or 5 s) so that it reads our answer instead of a
-/// connection reset (RFC 9112 §9.6).
-awaitable<void> drain_and_close(beast::tcp_stream& client) {
-  beast::error_code ec;
-  client.socket().shutdown(net::ip::tcp::socket::shutdown_send, ec);  // already closed is fine
-  std::vector<char> sink(64 * 1024);
-  std::size_t total = 0;
-  client.expires_after(std::chrono::seconds(5));
-  while (total < (64u << 20)) {
-    auto [rec, n] = co_await client.async_read_some(net::buffer(sink), tuple_awaitable);
-    if (rec) break;  // EOF, reset or the 5 s bound: done either way
-    total += n;
-  }
-}
-
-awaitable<bool> reply_error(beast::tcp_stream& client, App& app, const RequestCtx& ctx, http::status status,
-                            std::string_view message, std::string_view type, std::string_view code,
-                            bool keep_alive) {
-  co_return co_await reply(client, app, ctx, status, wire::error_body(message, type, code), keep_alive);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -175,201 +84,6 @@ std::optional<sql::UsageRecord> record(App& app, const RequestCtx& ctx, const Ou
       out.delivered_chunks, out.usage.has_value(), unix_now_us() - ctx.started_us);
   app.usage.append(r);
   return r;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Phase 5: forward. Sends the request upstream and relays the response. Returns an error code
-// only for failures before any response byte reached the client (the caller answers 502/504).
-
-/// Decides, per SSE event, what billing learns from it and whether the client gets it.
-bool inspect_event(std::string_view ev, const RequestCtx& ctx, Outcome& out) {
-  std::string data = wire::event_data(ev);
-  if (data.empty() || data == "[DONE]") return true;  // comments (": OPENROUTER PROCESSING"), end
-  bool maybe_usage = data.find("\"usage\"") != std::string::npos && data.find("\"usage\":null") == std::string::npos;
-  bool maybe_error = data.find("\"error\"") != std::string::npos;
-  if (maybe_usage || maybe_error || !out.generation_id) {
-    if (auto info = wire::inspect_json(data)) {
-      if (info->generation_id && !out.generation_id) out.generation_id = info->generation_id;
-      if (info->finish_reason) out.finish_reason = info->finish_reason;
-      if (info->error) out.midstream_error = true;
-      if (info->usage) {
-        out.usage = info->usage;
-        // Strip what the client did not ask for: the usage-only chunk we requested.
-        if (info->usage_only && !ctx.req.include_usage) return false;
-      }
-    }
-  } else if (auto fr = data.find("\"finish_reason\":\""); fr != std::string::npos) {
-    auto start = fr + 17;
-    out.finish_reason = data.substr(start, data.find('"', start) - start);
-  }
-  if (wire::chunk_has_output(data)) ++out.delivered_chunks;
-  return true;
-}
-
-template <class Stream>
-awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, beast::tcp_stream& client,
-                                      App& app, RequestCtx& ctx, Outcome& out, bool& upstream_reusable) {
-  const Config& cfg = app.cfg;
-  upstream_reusable = false;
-  http::request<http::string_body> req{http::verb::post, cfg.upstream.base_path + std::string(ctx.upstream_path), 11};
-  bool default_port = cfg.upstream.port == (cfg.upstream.tls ? "443" : "80");
-  req.set(http::field::host, default_port ? cfg.upstream.host : cfg.upstream.host + ":" + cfg.upstream.port);
-  if (!cfg.upstream_key.empty()) req.set(http::field::authorization, "Bearer " + cfg.upstream_key);
-  req.set(http::field::content_type, "application/json");
-  req.set(http::field::accept, ctx.client_accept.empty() ? "application/json" : ctx.client_accept);
-  req.set(http::field::user_agent, "tollgate/0.1");
-  req.keep_alive(true);
-  req.body() = wire::upstream_body(ctx.body, ctx.endpoint, ctx.req, ctx.default_cap);
-  req.prepare_payload();
-
-  beast::get_lowest_layer(up).expires_after(cfg.upstream_response_timeout);
-  auto [send_ec, sent] = co_await http::async_write(up, req, tuple_awaitable);
-  if (send_ec) co_return send_ec;
-  out.reached_upstream = true;
-
-  http::response_parser<http::empty_body> hp;
-  hp.header_limit(64 * 1024);
-  auto [head_ec, head_n] = co_await http::async_read_header(up, upbuf, hp, tuple_awaitable);
-  if (head_ec) co_return head_ec;
-  out.status = hp.get().result_int();
-  std::string content_type(hp.get()[http::field::content_type]);
-  std::string generation_id(hp.get()["x-generation-id"]);
-  if (!generation_id.empty()) out.generation_id = generation_id;
-
-  if (content_type.rfind("text/event-stream", 0) != 0) {
-    // A complete JSON body (a non-streaming response or an upstream error).
-    http::response_parser<http::string_body> sp{std::move(hp)};
-    sp.body_limit(cfg.upstream_max_response_bytes);
-    auto [body_ec, body_n] = co_await http::async_read(up, upbuf, sp, tuple_awaitable);
-    if (body_ec) co_return body_ec;
-    auto& res = sp.get();
-    if (out.status >= 200 && out.status < 300) {
-      if (auto info = wire::inspect_json(res.body())) {
-        out.usage = info->usage;
-        out.finish_reason = info->finish_reason;
-        if (!out.generation_id) out.generation_id = info->generation_id;
-      }
-    } else {
-      ++app.metrics.upstream_errors;
-    }
-    upstream_reusable = res.keep_alive();
-    http::response<http::string_body> to_client{res.result(), 11};
-    to_client.set(http::field::content_type, content_type.empty() ? "application/json" : content_type);
-    to_client.set("x-request-id", ctx.request_id);
-    for (const auto& [k, v] : ctx.headers) to_client.set(k, v);
-    if (out.generation_id) to_client.set("x-generation-id", *out.generation_id);
-    if (auto ra = res[http::field::retry_after]; !ra.empty()) to_client.set(http::field::retry_after, ra);
-    to_client.keep_alive(ctx.client_keep_alive);
-    to_client.body() = std::move(res.body());
-    to_client.prepare_payload();
-    count_status(app, out.status);
-    client.expires_after(client_write_timeout);
-    out.client_started = true;
-    auto [reply_ec, reply_n] = co_await http::async_write(client, to_client, tuple_awaitable);
-    if (reply_ec) {
-      out.client_aborted = true;
-      ++app.metrics.client_aborts;
-    }
-    co_return beast::error_code{};
-  }
-
-  // Server-sent events: headers now, then each event as soon as it is complete.
-  ++app.metrics.streams;
-  http::response_parser<http::buffer_body> bp{std::move(hp)};
-  http::response<http::empty_body> head{static_cast<http::status>(out.status), 11};
-  head.set(http::field::content_type, content_type);
-  head.set(http::field::cache_control, "no-cache");
-  head.set("x-request-id", ctx.request_id);
-  for (const auto& [k, v] : ctx.headers) head.set(k, v);
-  if (out.generation_id) head.set("x-generation-id", *out.generation_id);
-  head.keep_alive(ctx.client_keep_alive);
-  head.chunked(true);
-  http::response_serializer<http::empty_body> sr{head};
-  count_status(app, out.status);
-  client.expires_after(client_write_timeout);
-  out.client_started = true;
-  auto [head_write_ec, head_written] = co_await http::async_write_header(client, sr, tuple_awaitable);
-  if (head_write_ec) {
-    out.client_aborted = true;
-    ++app.metrics.client_aborts;
-    co_return beast::error_code{};
-  }
-  wire::SseSplitter splitter;
-  std::string to_send;
-  char buf[16 * 1024];
-  while (!bp.is_done()) {
-    bp.get().body().data = buf;
-    bp.get().body().size = sizeof buf;
-    beast::get_lowest_layer(up).expires_after(cfg.upstream_idle_timeout);
-    auto [ec, n] = co_await http::async_read_some(up, upbuf, bp, tuple_awaitable);
-    if (ec == http::error::need_buffer) ec = {};
-    if (ec) {
-      out.upstream_aborted = true;
-      spdlog::warn("{}: upstream stream ended early: {}", ctx.request_id, ec.message());
-      break;
-    }
-    std::size_t got = sizeof buf - bp.get().body().size;
-    if (got == 0) continue;
-    to_send.clear();
-    splitter.feed(std::string_view(buf, got), [&](std::string_view ev) {
-      if (inspect_event(ev, ctx, out)) to_send.append(ev);
-    });
-    if (to_send.empty()) continue;
-    client.expires_after(client_write_timeout);
-    auto [chunk_ec, chunk_n] = co_await net::async_write(client, http::make_chunk(net::buffer(to_send)), tuple_awaitable);
-    if (chunk_ec) {
-      out.client_aborted = true;  // the upstream connection is dropped: generation stops
-      ++app.metrics.client_aborts;
-      co_return beast::error_code{};
-    }
-  }
-  to_send.assign(splitter.pending());  // an unterminated last event, passed through as is
-  if (out.upstream_aborted)
-    to_send += "data: " + wire::error_body("The upstream connection was lost mid-stream.", "upstream_error",
-                                           "upstream_disconnected") + "\n\n";
-  if (!to_send.empty()) {
-    auto [wec, wn] = co_await net::async_write(client, http::make_chunk(net::buffer(to_send)), tuple_awaitable);
-    if (wec) out.client_aborted = true;
-  }
-  if (!out.client_aborted) {
-    auto [wec, wn] = co_await net::async_write(client, http::make_chunk_last(), tuple_awaitable);
-    if (wec) out.client_aborted = true;
-  }
-  upstream_reusable = !out.upstream_aborted && bp.is_done() && bp.get().keep_alive();
-  co_return beast::error_code{};
-}
-
-/// Phase 5 with connection management. A POST is never sent twice: a billing proxy must not
-/// pay for a generation twice, so a failure after the request was written is a 502, not a
-/// retry (the pool discards idle connections the upstream has already closed).
-awaitable<bool> forward(beast::tcp_stream& client, App& app, UpstreamPool& pool, RequestCtx& ctx, Outcome& out) {
-  std::unique_ptr<UpstreamConnection> conn;
-  beast::error_code ec;
-  try {
-    conn = co_await pool.acquire();
-  } catch (const boost::system::system_error& e) {
-    ec = e.code();
-  }
-  bool reusable = false;
-  if (conn) {
-    ec = co_await std::visit(
-        [&](auto& s) { return exchange(s, conn->buffer, client, app, ctx, out, reusable); }, conn->stream);
-  }
-  if (!ec) {
-    if (reusable) pool.release(std::move(conn));
-    co_return !out.client_aborted && ctx.client_keep_alive;
-  }
-  out.upstream_aborted = out.reached_upstream;
-  if (out.client_started) co_return false;  // a response is half written: the connection is unusable
-  ++app.metrics.upstream_connect_failures;
-  bool timeout = ec == beast::error::timeout;
-  const char* what = timeout ? "The upstream did not answer in time."
-                     : out.status ? "The upstream connection broke before the response was complete."
-                                  : "The upstream could not be reached.";
-  spdlog::warn("{}: upstream {}: {}", ctx.request_id, timeout ? "timed out" : "failed", ec.message());
-  co_return co_await reply_error(client, app, ctx, timeout ? http::status::gateway_timeout : http::status::bad_gateway,
-                                 what, "upstream_error", timeout ? "upstream_timeout" : "bad_gateway",
-                                 ctx.client_keep_alive);
 }
 
 // ---------------------------------------------------------------------------------------------

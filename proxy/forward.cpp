@@ -1,0 +1,206 @@
+#include "proxy/forward.hpp"
+
+#include <boost/asio/write.hpp>
+#include <boost/beast/http.hpp>
+#include <spdlog/spdlog.h>
+
+namespace tollgate {
+namespace http = beast::http;
+using net::awaitable;
+
+namespace {
+
+/// Decides, per SSE event, what billing learns from it and whether the client gets it.
+bool inspect_event(std::string_view ev, const RequestCtx& ctx, Outcome& out) {
+  std::string data = wire::event_data(ev);
+  if (data.empty() || data == "[DONE]") return true;  // comments (": OPENROUTER PROCESSING"), end
+  bool maybe_usage = data.find("\"usage\"") != std::string::npos && data.find("\"usage\":null") == std::string::npos;
+  bool maybe_error = data.find("\"error\"") != std::string::npos;
+  if (maybe_usage || maybe_error || !out.generation_id) {
+    if (auto info = wire::inspect_json(data)) {
+      if (info->generation_id && !out.generation_id) out.generation_id = info->generation_id;
+      if (info->finish_reason) out.finish_reason = info->finish_reason;
+      if (info->error) out.midstream_error = true;
+      if (info->usage) {
+        out.usage = info->usage;
+        // Strip what the client did not ask for: the usage-only chunk we requested.
+        if (info->usage_only && !ctx.req.include_usage) return false;
+      }
+    }
+  } else if (auto fr = data.find("\"finish_reason\":\""); fr != std::string::npos) {
+    auto start = fr + 17;
+    out.finish_reason = data.substr(start, data.find('"', start) - start);
+  }
+  if (wire::chunk_has_output(data)) ++out.delivered_chunks;
+  return true;
+}
+
+template <class Stream>
+awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, beast::tcp_stream& client,
+                                      App& app, RequestCtx& ctx, Outcome& out, bool& upstream_reusable) {
+  const Config& cfg = app.cfg;
+  upstream_reusable = false;
+  http::request<http::string_body> req{http::verb::post, cfg.upstream.base_path + std::string(ctx.upstream_path), 11};
+  bool default_port = cfg.upstream.port == (cfg.upstream.tls ? "443" : "80");
+  req.set(http::field::host, default_port ? cfg.upstream.host : cfg.upstream.host + ":" + cfg.upstream.port);
+  if (!cfg.upstream_key.empty()) req.set(http::field::authorization, "Bearer " + cfg.upstream_key);
+  req.set(http::field::content_type, "application/json");
+  req.set(http::field::accept, ctx.client_accept.empty() ? "application/json" : ctx.client_accept);
+  req.set(http::field::user_agent, "tollgate/0.1");
+  req.keep_alive(true);
+  req.body() = wire::upstream_body(ctx.body, ctx.endpoint, ctx.req, ctx.default_cap);
+  req.prepare_payload();
+
+  beast::get_lowest_layer(up).expires_after(cfg.upstream_response_timeout);
+  auto [send_ec, sent] = co_await http::async_write(up, req, tuple_awaitable);
+  if (send_ec) co_return send_ec;
+  out.reached_upstream = true;
+
+  http::response_parser<http::empty_body> hp;
+  hp.header_limit(64 * 1024);
+  auto [head_ec, head_n] = co_await http::async_read_header(up, upbuf, hp, tuple_awaitable);
+  if (head_ec) co_return head_ec;
+  out.status = hp.get().result_int();
+  std::string content_type(hp.get()[http::field::content_type]);
+  std::string generation_id(hp.get()["x-generation-id"]);
+  if (!generation_id.empty()) out.generation_id = generation_id;
+
+  if (content_type.rfind("text/event-stream", 0) != 0) {
+    // A complete JSON body (a non-streaming response or an upstream error).
+    http::response_parser<http::string_body> sp{std::move(hp)};
+    sp.body_limit(cfg.upstream_max_response_bytes);
+    auto [body_ec, body_n] = co_await http::async_read(up, upbuf, sp, tuple_awaitable);
+    if (body_ec) co_return body_ec;
+    auto& res = sp.get();
+    if (out.status >= 200 && out.status < 300) {
+      if (auto info = wire::inspect_json(res.body())) {
+        out.usage = info->usage;
+        out.finish_reason = info->finish_reason;
+        if (!out.generation_id) out.generation_id = info->generation_id;
+      }
+    } else {
+      ++app.metrics.upstream_errors;
+    }
+    upstream_reusable = res.keep_alive();
+    http::response<http::string_body> to_client{res.result(), 11};
+    to_client.set(http::field::content_type, content_type.empty() ? "application/json" : content_type);
+    to_client.set("x-request-id", ctx.request_id);
+    for (const auto& [k, v] : ctx.headers) to_client.set(k, v);
+    if (out.generation_id) to_client.set("x-generation-id", *out.generation_id);
+    if (auto ra = res[http::field::retry_after]; !ra.empty()) to_client.set(http::field::retry_after, ra);
+    to_client.keep_alive(ctx.client_keep_alive);
+    to_client.body() = std::move(res.body());
+    to_client.prepare_payload();
+    count_status(app, out.status);
+    client.expires_after(client_write_timeout);
+    out.client_started = true;
+    auto [reply_ec, reply_n] = co_await http::async_write(client, to_client, tuple_awaitable);
+    if (reply_ec) {
+      out.client_aborted = true;
+      ++app.metrics.client_aborts;
+    }
+    co_return beast::error_code{};
+  }
+
+  // Server-sent events: headers now, then each event as soon as it is complete.
+  ++app.metrics.streams;
+  http::response_parser<http::buffer_body> bp{std::move(hp)};
+  http::response<http::empty_body> head{static_cast<http::status>(out.status), 11};
+  head.set(http::field::content_type, content_type);
+  head.set(http::field::cache_control, "no-cache");
+  head.set("x-request-id", ctx.request_id);
+  for (const auto& [k, v] : ctx.headers) head.set(k, v);
+  if (out.generation_id) head.set("x-generation-id", *out.generation_id);
+  head.keep_alive(ctx.client_keep_alive);
+  head.chunked(true);
+  http::response_serializer<http::empty_body> sr{head};
+  count_status(app, out.status);
+  client.expires_after(client_write_timeout);
+  out.client_started = true;
+  auto [head_write_ec, head_written] = co_await http::async_write_header(client, sr, tuple_awaitable);
+  if (head_write_ec) {
+    out.client_aborted = true;
+    ++app.metrics.client_aborts;
+    co_return beast::error_code{};
+  }
+  wire::SseSplitter splitter;
+  std::string to_send;
+  char buf[16 * 1024];
+  while (!bp.is_done()) {
+    bp.get().body().data = buf;
+    bp.get().body().size = sizeof buf;
+    beast::get_lowest_layer(up).expires_after(cfg.upstream_idle_timeout);
+    auto [ec, n] = co_await http::async_read_some(up, upbuf, bp, tuple_awaitable);
+    if (ec == http::error::need_buffer) ec = {};
+    if (ec) {
+      out.upstream_aborted = true;
+      spdlog::warn("{}: upstream stream ended early: {}", ctx.request_id, ec.message());
+      break;
+    }
+    std::size_t got = sizeof buf - bp.get().body().size;
+    if (got == 0) continue;
+    to_send.clear();
+    splitter.feed(std::string_view(buf, got), [&](std::string_view ev) {
+      if (inspect_event(ev, ctx, out)) to_send.append(ev);
+    });
+    if (to_send.empty()) continue;
+    client.expires_after(client_write_timeout);
+    auto [chunk_ec, chunk_n] = co_await net::async_write(client, http::make_chunk(net::buffer(to_send)), tuple_awaitable);
+    if (chunk_ec) {
+      out.client_aborted = true;  // the upstream connection is dropped: generation stops
+      ++app.metrics.client_aborts;
+      co_return beast::error_code{};
+    }
+  }
+  to_send.assign(splitter.pending());  // an unterminated last event, passed through as is
+  if (out.upstream_aborted)
+    to_send += "data: " + wire::error_body("The upstream connection was lost mid-stream.", "upstream_error",
+                                           "upstream_disconnected") + "\n\n";
+  if (!to_send.empty()) {
+    auto [wec, wn] = co_await net::async_write(client, http::make_chunk(net::buffer(to_send)), tuple_awaitable);
+    if (wec) out.client_aborted = true;
+  }
+  if (!out.client_aborted) {
+    auto [wec, wn] = co_await net::async_write(client, http::make_chunk_last(), tuple_awaitable);
+    if (wec) out.client_aborted = true;
+  }
+  upstream_reusable = !out.upstream_aborted && bp.is_done() && bp.get().keep_alive();
+  co_return beast::error_code{};
+}
+
+}  // namespace
+
+/// Phase 5 with connection management. A POST is never sent twice: a billing proxy must not
+/// pay for a generation twice, so a failure after the request was written is a 502, not a
+/// retry (the pool discards idle connections the upstream has already closed).
+awaitable<bool> forward(beast::tcp_stream& client, App& app, UpstreamPool& pool, RequestCtx& ctx, Outcome& out) {
+  std::unique_ptr<UpstreamConnection> conn;
+  beast::error_code ec;
+  try {
+    conn = co_await pool.acquire();
+  } catch (const boost::system::system_error& e) {
+    ec = e.code();
+  }
+  bool reusable = false;
+  if (conn) {
+    ec = co_await std::visit(
+        [&](auto& s) { return exchange(s, conn->buffer, client, app, ctx, out, reusable); }, conn->stream);
+  }
+  if (!ec) {
+    if (reusable) pool.release(std::move(conn));
+    co_return !out.client_aborted && ctx.client_keep_alive;
+  }
+  out.upstream_aborted = out.reached_upstream;
+  if (out.client_started) co_return false;  // a response is half written: the connection is unusable
+  ++app.metrics.upstream_connect_failures;
+  bool timeout = ec == beast::error::timeout;
+  const char* what = timeout ? "The upstream did not answer in time."
+                     : out.status ? "The upstream connection broke before the response was complete."
+                                  : "The upstream could not be reached.";
+  spdlog::warn("{}: upstream {}: {}", ctx.request_id, timeout ? "timed out" : "failed", ec.message());
+  co_return co_await reply_error(client, app, ctx, timeout ? http::status::gateway_timeout : http::status::bad_gateway,
+                                 what, "upstream_error", timeout ? "upstream_timeout" : "bad_gateway",
+                                 ctx.client_keep_alive);
+}
+
+}  // namespace tollgate

@@ -1,0 +1,69 @@
+#include "proxy/request.hpp"
+
+#include <boost/asio/write.hpp>
+#include <boost/beast/http.hpp>
+#include <fmt/format.h>
+#include <openssl/rand.h>
+
+#include <random>
+
+namespace tollgate {
+namespace http = beast::http;
+using net::awaitable;
+
+std::int64_t unix_now_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string new_request_id() {
+  thread_local std::mt19937_64 rng = [] {
+    std::uint64_t seed[2];
+    if (RAND_bytes(reinterpret_cast<unsigned char*>(seed), sizeof seed) != 1)
+      seed[0] = std::random_device{}(), seed[1] = std::random_device{}();
+    std::seed_seq seq{seed[0], seed[1]};
+    return std::mt19937_64(seq);
+  }();
+  return fmt::format("req_{:016x}{:016x}", rng(), rng());
+}
+
+void count_status(App& app, int status) {
+  auto& m = app.metrics;
+  (status < 400 ? m.responses_2xx : status < 500 ? m.responses_4xx : m.responses_5xx)++;
+}
+
+awaitable<bool> reply(beast::tcp_stream& client, App& app, const RequestCtx& ctx, http::status status,
+                      std::string body, bool keep_alive) {
+  http::response<http::string_body> res{status, 11};
+  res.set(http::field::content_type, "application/json");
+  res.set("x-request-id", ctx.request_id);
+  for (const auto& [k, v] : ctx.headers) res.set(k, v);
+  res.keep_alive(keep_alive);
+  res.body() = std::move(body);
+  res.prepare_payload();
+  count_status(app, static_cast<int>(status));
+  client.expires_after(client_write_timeout);
+  auto [ec, n] = co_await http::async_write(client, res, tuple_awaitable);
+  co_return !ec && keep_alive;
+}
+
+awaitable<void> drain_and_close(beast::tcp_stream& client) {
+  beast::error_code ec;
+  client.socket().shutdown(net::ip::tcp::socket::shutdown_send, ec);  // already closed is fine
+  std::vector<char> sink(64 * 1024);
+  std::size_t total = 0;
+  client.expires_after(std::chrono::seconds(5));
+  while (total < (64u << 20)) {
+    auto [rec, n] = co_await client.async_read_some(net::buffer(sink), tuple_awaitable);
+    if (rec) break;  // EOF, reset or the 5 s bound: done either way
+    total += n;
+  }
+}
+
+awaitable<bool> reply_error(beast::tcp_stream& client, App& app, const RequestCtx& ctx, http::status status,
+                            std::string_view message, std::string_view type, std::string_view code,
+                            bool keep_alive) {
+  co_return co_await reply(client, app, ctx, status, wire::error_body(message, type, code), keep_alive);
+}
+
+}  // namespace tollgate

@@ -1,0 +1,83 @@
+#pragma once
+// The per-request context every phase reads and writes, what happened upstream, and the
+// helpers that answer a client (OpenAI error shape, x-request-id and rate-limit headers).
+#include "proxy/app.hpp"
+#include "proxy/wire.hpp"
+#include "ratelimit/admission.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/status.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace tollgate {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+inline constexpr auto tuple_awaitable = net::as_tuple(net::use_awaitable);
+inline constexpr std::chrono::seconds client_write_timeout{60};
+
+/// Microseconds since the Unix epoch.
+std::int64_t unix_now_us();
+/// 128 random bits, "req_" + 32 hex: unique across instances (usage_logs.request_id).
+std::string new_request_id();
+
+/// Per-request context: every phase reads and writes it.
+struct RequestCtx {
+  std::string request_id = new_request_id();
+  std::int64_t started_us = unix_now_us();
+  wire::Endpoint endpoint = wire::Endpoint::chat_completions;
+  std::string_view upstream_path;  ///< e.g. "/chat/completions" (appended to the base path)
+  keys::KeyCache::Record key;
+  pricing::PricingSnapshotPtr pricing;
+  const pricing::ModelPrice* price = nullptr;
+  std::string body;
+  wire::ParsedRequest req;
+  bool client_keep_alive = true;
+  std::string client_accept;
+  std::int64_t default_cap = 0;                    ///< max_tokens sent when the client sets none
+  std::optional<ratelimit::Admission> admission;  ///< set when Redis admitted the request
+  /// Sent on every response once known (OpenAI's x-ratelimit-* headers).
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
+/// What happened upstream; phase 8 runs when `reached_upstream`.
+struct Outcome {
+  bool reached_upstream = false;
+  int status = 0;
+  std::optional<wire::Usage> usage;
+  std::int64_t delivered_chunks = 0;
+  bool client_aborted = false;
+  bool upstream_aborted = false;
+  bool midstream_error = false;
+  bool client_started = false;  ///< response bytes were written to the client
+  std::optional<std::string> generation_id, finish_reason;
+};
+
+/// Counts a response status in the metrics.
+void count_status(App& app, int status);
+
+/// Writes a complete JSON response with x-request-id and ctx.headers. Returns whether the
+/// connection can carry another request (false if the client is gone or !keep_alive).
+net::awaitable<bool> reply(beast::tcp_stream& client, App& app, const RequestCtx& ctx,
+                           beast::http::status status, std::string body, bool keep_alive);
+
+/// reply() with the OpenAI error envelope {"error":{"message","type","param","code"}}.
+net::awaitable<bool> reply_error(beast::tcp_stream& client, App& app, const RequestCtx& ctx,
+                                 beast::http::status status, std::string_view message,
+                                 std::string_view type, std::string_view code, bool keep_alive);
+
+/// After answering 413 without reading the body: stop sending, then read and discard what the
+/// client is still sending (at most 64 MiB or 5 s) so that it reads our answer instead of a
+/// connection reset (RFC 9112 §9.6).
+net::awaitable<void> drain_and_close(beast::tcp_stream& client);
+
+}  // namespace tollgate
