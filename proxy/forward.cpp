@@ -10,6 +10,15 @@ using net::awaitable;
 
 namespace {
 
+/// Headers every relayed response carries: request id, rate-limit headers, generation id.
+template <class Message>
+void set_client_headers(Message& m, const RequestCtx& ctx, const Outcome& out) {
+  m.set("x-request-id", ctx.request_id);
+  for (const auto& [k, v] : ctx.headers) m.set(k, v);
+  if (out.generation_id) m.set("x-generation-id", *out.generation_id);
+  m.keep_alive(ctx.client_keep_alive);
+}
+
 /// Decides, per SSE event, what billing learns from it and whether the client gets it.
 bool inspect_event(std::string_view ev, const RequestCtx& ctx, Outcome& out) {
   std::string data = wire::event_data(ev);
@@ -84,11 +93,8 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
     upstream_reusable = res.keep_alive();
     http::response<http::string_body> to_client{res.result(), 11};
     to_client.set(http::field::content_type, content_type.empty() ? "application/json" : content_type);
-    to_client.set("x-request-id", ctx.request_id);
-    for (const auto& [k, v] : ctx.headers) to_client.set(k, v);
-    if (out.generation_id) to_client.set("x-generation-id", *out.generation_id);
+    set_client_headers(to_client, ctx, out);
     if (auto ra = res[http::field::retry_after]; !ra.empty()) to_client.set(http::field::retry_after, ra);
-    to_client.keep_alive(ctx.client_keep_alive);
     to_client.body() = std::move(res.body());
     to_client.prepare_payload();
     count_status(app, out.status);
@@ -108,10 +114,7 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
   http::response<http::empty_body> head{static_cast<http::status>(out.status), 11};
   head.set(http::field::content_type, content_type);
   head.set(http::field::cache_control, "no-cache");
-  head.set("x-request-id", ctx.request_id);
-  for (const auto& [k, v] : ctx.headers) head.set(k, v);
-  if (out.generation_id) head.set("x-generation-id", *out.generation_id);
-  head.keep_alive(ctx.client_keep_alive);
+  set_client_headers(head, ctx, out);
   head.chunked(true);
   http::response_serializer<http::empty_body> sr{head};
   count_status(app, out.status);
