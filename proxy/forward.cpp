@@ -101,10 +101,7 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
     client.expires_after(client_write_timeout);
     out.client_started = true;
     auto [reply_ec, reply_n] = co_await http::async_write(client, to_client, tuple_awaitable);
-    if (reply_ec) {
-      out.client_aborted = true;
-      ++app.metrics.client_aborts;
-    }
+    if (reply_ec) out.client_aborted = true;
     co_return beast::error_code{};
   }
 
@@ -123,7 +120,6 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
   auto [head_write_ec, head_written] = co_await http::async_write_header(client, sr, tuple_awaitable);
   if (head_write_ec) {
     out.client_aborted = true;
-    ++app.metrics.client_aborts;
     co_return beast::error_code{};
   }
   wire::SseSplitter splitter;
@@ -151,7 +147,6 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
     auto [chunk_ec, chunk_n] = co_await net::async_write(client, http::make_chunk(net::buffer(to_send)), tuple_awaitable);
     if (chunk_ec) {
       out.client_aborted = true;  // the upstream connection is dropped: generation stops
-      ++app.metrics.client_aborts;
       co_return beast::error_code{};
     }
   }

@@ -43,6 +43,7 @@ std::int64_t unix_now() {
 // Postgres). Runs for every request that reached the upstream, whatever happened after.
 std::optional<sql::UsageRecord> record(App& app, const RequestCtx& ctx, const Outcome& out) {
   if (!out.reached_upstream) return std::nullopt;
+  if (out.client_aborted) ++app.metrics.client_aborts;  // counted once, whichever write failed
   sql::UsageRecord r;
   r.request_id = ctx.request_id;
   r.user_id = ctx.key->user_id;

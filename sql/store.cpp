@@ -75,9 +75,8 @@ pricing::PricingSnapshotPtr load_pricing(PgConn& db) {
 }
 
 std::optional<pricing::Micros> balance_of(PgConn& db, const std::string& user_id) {
-  auto r = db.exec("SELECT (credits * 1000000)::bigint FROM balances WHERE user_id = $1", {user_id});
-  if (r.rows() == 0) return std::nullopt;
-  return r.i64(0, 0);
+  auto b = balance_and_version(db, user_id);
+  return b ? std::optional<pricing::Micros>(b->first) : std::nullopt;
 }
 
 std::optional<std::pair<pricing::Micros, std::int64_t>> balance_and_version(PgConn& db, const std::string& user_id) {
