@@ -1,11 +1,13 @@
 // tollgate-usagebench: how many usage records per second tollgate's usage writer
-// (sql/usage_writer: journal append + batched record_usage() transactions) commits into
-// PostgreSQL. It appends --rows records for one account as fast as it can and waits until the
-// writer reports all of them committed. The Redis balance sync tollgate does after each batch is
-// not part of this figure (no on_committed hook).
+// (sql/usage_writer: journal append + batched transactions — COPY of the usage and ledger rows,
+// one balance update — on --connections connections) commits into PostgreSQL. It appends --rows
+// records for one account as fast as it can and waits until the writer reports all of them
+// committed. The Redis balance sync tollgate does after each batch is not part of this figure
+// (no on_committed hook).
 //
 //   tollgate-usagebench --database-url URL --journal-dir DIR --user UUID [--key UUID]
-//                       [--rows 100000] [--batch 2000] [--max-delay-ms 20] [--timeout 120] [--json]
+//                       [--rows 100000] [--batch 5000] [--connections 2] [--max-delay-ms 20]
+//                       [--timeout 120] [--json]
 #include "sql/usage_writer.hpp"
 
 #include <fmt/format.h>
@@ -29,7 +31,7 @@ namespace {
 
 int main(int argc, char** argv) {
   std::string url, dir, user, key;
-  long rows = 100000, batch = 2000, max_delay_ms = 20;
+  long rows = 100000, batch = 5000, max_delay_ms = 20, connections = 2;
   double timeout_s = 120;
   bool json = false;
   for (int i = 1; i < argc; ++i) {
@@ -44,15 +46,18 @@ int main(int argc, char** argv) {
     else if (a == "--key") key = need();
     else if (a == "--rows") rows = std::atol(need().c_str());
     else if (a == "--batch") batch = std::atol(need().c_str());
+    else if (a == "--connections") connections = std::atol(need().c_str());
     else if (a == "--max-delay-ms") max_delay_ms = std::atol(need().c_str());
     else if (a == "--timeout") timeout_s = std::atof(need().c_str());
     else if (a == "--json") json = true;
     else die("unknown argument " + a);
   }
   if (url.empty() || dir.empty() || user.empty()) die("--database-url, --journal-dir and --user are required");
-  if (rows < 1 || batch < 1 || timeout_s <= 0 || timeout_s > 3600) die("bad --rows/--batch/--timeout");
+  if (rows < 1 || batch < 1 || connections < 1 || connections > 16 || timeout_s <= 0 || timeout_s > 3600)
+    die("bad --rows/--batch/--connections/--timeout");
 
-  sql::UsageWriter writer(dir, url, static_cast<std::size_t>(batch), std::chrono::milliseconds(max_delay_ms));
+  sql::UsageWriter writer(dir, url, static_cast<std::size_t>(batch), std::chrono::milliseconds(max_delay_ms),
+                          static_cast<std::size_t>(connections));
   writer.start();
   const auto epoch_us = std::chrono::duration_cast<std::chrono::microseconds>(
                             std::chrono::system_clock::now().time_since_epoch()).count();
@@ -91,9 +96,11 @@ int main(int argc, char** argv) {
                     static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
   if (json)
     fmt::print(R"({{"rows":{},"committed":{},"batches":{},"failures":{},"drained":{},"seconds":{:.3f},)"
-               R"("append_seconds":{:.3f},"rows_per_s":{:.0f},"batch_rows":{},"self_cpu_s":{:.3f}}})"
+               R"("append_seconds":{:.3f},"rows_per_s":{:.0f},"batch_rows":{},"connections":{},)"
+               R"("copy_batches":{},"fallback_batches":{},"self_cpu_s":{:.3f}}})"
                "\n",
-               rows, s.committed, s.batches, s.failures, drained, secs, append_secs, rate, batch, self_cpu);
+               rows, s.committed, s.batches, s.failures, drained, secs, append_secs, rate, batch, connections,
+               s.copy_batches, s.fallback_batches, self_cpu);
   else
     fmt::print("{} of {} usage records committed in {:.3f} s ({} batches, {} failures): {:.0f} rows/s\n", s.committed,
                rows, secs, s.batches, s.failures, rate);

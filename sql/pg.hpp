@@ -51,6 +51,18 @@ class PgConn {
   /// Runs several statements with no parameters (migrations). Throws PgError.
   void exec_script(const std::string& sql);
 
+  /// Bulk load, `COPY … FROM STDIN` in text format: copy_begin(sql), copy_data() any number of
+  /// times with complete or partial rows (each row ends in '\n'; values escaped as COPY text
+  /// wants), then copy_end(), which returns the number of rows copied. Each throws PgError; a
+  /// row the server refuses surfaces with its SQLSTATE (e.g. "23505" for a unique violation) from
+  /// copy_data() or copy_end(), and the transaction is then aborted (roll it back). After a
+  /// throw, call copy_abort() if a copy_begin() succeeded and copy_end() was not reached.
+  void copy_begin(const char* sql);
+  void copy_data(std::string_view data);
+  std::int64_t copy_end();
+  /// Ends a COPY still in progress with an error (nothing is loaded); a no-op otherwise.
+  void copy_abort() noexcept;
+
   bool healthy() const { return conn_ && PQstatus(conn_.get()) == CONNECTION_OK; }
   PGconn* raw() const { return conn_.get(); }
 

@@ -3,10 +3,20 @@
 //
 //   request path ── append() ──▶ journal segment (O_APPEND write, survives a process crash)
 //                               + in-memory queue
-//   writer thread ── batches of up to `batch_rows` ──▶ SELECT record_usage($1::jsonb)
-//                    (usage row + ledger row + balance debit per new request_id, one transaction)
-//   committed segments are truncated/deleted; at start, leftover segments are replayed.
-// Replays are harmless: record_usage() skips request_ids already in usage_logs. While Postgres
+//   writer threads (`connections`, each with its own Postgres connection) ── batches of up to
+//   `batch_rows`, one transaction each:
+//     COPY path: FOR KEY SHARE on the batch's api_keys; COPY usage_logs (the journal's
+//                fdatasync runs meanwhile); then the balances, locked FOR UPDATE in uuid order;
+//                COPY credit_transactions (balance_after computed here, in credit units); one
+//                UPDATE of balances and of api_keys.last_used_at; COMMIT. Locking the balances
+//                after the usage COPY lets two batches of one account overlap.
+//     SQL path:  SELECT record_usage($1::jsonb), which skips request_ids already recorded —
+//                taken when the batch holds a duplicate request_id, holds records replayed from
+//                the journal at start, or the COPY hits a unique violation (SQLSTATE 23505: a
+//                record committed before a crash). Both paths give the same rows and results.
+//   committed (and hook-synced) segments are truncated/deleted; at start, leftover segments are
+//   replayed.
+// Replays are harmless (request_id is unique; the slow path skips known ones). While Postgres
 // is down the writer retries with backoff; nothing is dropped (the journal keeps it all).
 // The journal folder is locked (flock): one tollgate instance per folder.
 #include "pricing/money.hpp"
@@ -16,18 +26,21 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
-#include <functional>
-#include <vector>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace tollgate::sql {
 
+class PgConn;
+
 /// One usage record (one row of usage_logs + its ledger row), as the journal stores it.
 struct UsageRecord {
+  std::string id;  ///< usage_logs.id (uuid); UsageWriter::append() sets a UUIDv7 when empty
   std::string request_id;
   std::string user_id;
   std::string api_key_id;
@@ -41,9 +54,17 @@ struct UsageRecord {
   std::string response_metadata_json = "{}";  ///< a JSON object
   std::int64_t created_at_us = 0;             ///< µs since the Unix epoch
 
-  /// One-line JSON object in the shape record_usage() reads.
+  /// One-line JSON object in the shape record_usage() reads ("id" only when set).
   std::string to_json() const;
+  /// Appends to_json() to `out` (no allocation beyond `out` growing).
+  void append_json(std::string& out) const;
 };
+
+/// A new RFC 9562 UUIDv7 in canonical text form: 48-bit Unix time in ms, version 7, 12 bits of
+/// sub-millisecond time (method 3 of RFC 9562 §6.2), variant 10, 62 random bits from a
+/// per-thread generator seeded from the OS CSPRNG. Ids of one process sort by creation time
+/// (to the ~0.25 µs), which keeps usage_logs' primary-key index append-mostly.
+std::string new_uuid_v7();
 
 /// An account touched by a committed batch: its balance after the batch (credit units), the
 /// balance version, and the batch's request_ids of that account that carried a charge.
@@ -54,23 +75,31 @@ struct CommittedAccount {
   std::vector<std::string> charged_request_ids;
 };
 
-/// Called on the writer thread after each committed batch, to bring caches (Redis) in line.
-/// Returns false if that failed; it is called again for the same batch until it succeeds, and
-/// the batch's journal records are kept until then (a restart replays and calls it again).
+/// Called on a writer thread after each committed batch, to bring caches (Redis) in line; never
+/// by two threads at once, but batches of one account may arrive out of version order (the
+/// versions say which is newer). Returns false if that failed; it is called again for the same
+/// batch until it succeeds, and the batch's journal records are kept until then (a restart
+/// replays and calls it again).
 using OnCommitted = std::function<bool(const std::vector<CommittedAccount>&)>;
 
 struct UsageWriterStats {
   std::uint64_t appended = 0, committed = 0, batches = 0, failures = 0, replayed = 0;
   std::uint64_t queued = 0;
+  std::uint64_t copy_batches = 0;      ///< committed batches that took the COPY path
+  std::uint64_t fallback_batches = 0;  ///< committed batches recorded by record_usage()
 };
 
 class UsageWriter {
  public:
   /// Opens (and locks) the journal folder and loads leftover segments for replay.
   /// Throws std::runtime_error if the folder cannot be used or is locked by another instance.
+  /// `batch_rows`: records per transaction; `max_delay`: the longest a record waits for its
+  /// batch to fill; `connections`: writer threads, each with its own Postgres connection and
+  /// one batch in flight (two overlap one batch's COPY with the other's ledger and commit).
   UsageWriter(std::filesystem::path journal_dir, std::string database_url,
-              std::size_t batch_rows = 2000,
-              std::chrono::milliseconds max_delay = std::chrono::milliseconds(20));
+              std::size_t batch_rows = 5000,
+              std::chrono::milliseconds max_delay = std::chrono::milliseconds(20),
+              std::size_t connections = 2);
   ~UsageWriter();
   UsageWriter(const UsageWriter&) = delete;
   UsageWriter& operator=(const UsageWriter&) = delete;
@@ -79,7 +108,9 @@ class UsageWriter {
   void on_committed(OnCommitted fn) { on_committed_ = std::move(fn); }
   void start();
   /// Appends a record to the journal and queues it. Thread-safe; one write(2), no fsync.
-  void append(const UsageRecord& rec);
+  /// Sets a UUIDv7 id first if `rec.id` is empty (the journal line carries it).
+  void append(const UsageRecord& rec) { append(UsageRecord(rec)); }
+  void append(UsageRecord&& rec);
   /// Stops after trying to commit what is queued for at most `drain_timeout`.
   void stop(std::chrono::milliseconds drain_timeout = std::chrono::seconds(5));
   /// Blocks until everything appended so far is committed, or the timeout passes.
@@ -88,16 +119,25 @@ class UsageWriter {
 
  private:
   struct Pending {
-    std::string json;
-    std::uint64_t segment;
-    std::string account, request_id;
-    pricing::Micros charge = 0;
+    UsageRecord rec;           ///< as journaled (request_id, user_id, charge only when replayed)
+    std::uint64_t segment = 0;
+    std::string journal_json;  ///< replayed records only: the journal line, for record_usage()
   };
+  struct Scratch;  ///< the writer thread's reusable buffers (usage_writer.cpp)
+  /// Records `batch` by COPY in one transaction and fills `out`; false (rolled back, nothing
+  /// recorded) if the batch must go through record_usage() instead. Throws PgError.
+  static bool record_by_copy(PgConn& db, const std::vector<Pending>& batch, Scratch& s,
+                             std::vector<CommittedAccount>& out);
+  /// Records `batch` with SELECT record_usage(). Throws PgError.
+  static std::vector<CommittedAccount> record_by_sql(PgConn& db, const std::vector<Pending>& batch, Scratch& s);
   struct Unsynced {
     std::vector<CommittedAccount> accounts;
     std::vector<std::uint64_t> segments;  ///< one entry per record
   };
   bool sync(const Unsynced& u);
+  void sync_pending();                 ///< retries unsynced_ in order (takes sync_mu_)
+  void sync_committed(Unsynced done);  ///< calls the hook for a committed batch (takes sync_mu_)
+  static void make_durable(Scratch& s);  ///< fdatasync of the batch's journal segments
   void mark_committed_locked(const std::vector<std::uint64_t>& segments);
   struct Segment {
     std::filesystem::path path;
@@ -114,21 +154,23 @@ class UsageWriter {
   std::string database_url_;
   std::size_t batch_rows_;
   std::chrono::milliseconds max_delay_;
+  std::size_t connections_;
   int lock_fd_ = -1;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::condition_variable drained_cv_;
   std::deque<Pending> queue_;
-  std::size_t in_flight_ = 0;
+  std::size_t in_flight_ = 0;  ///< records taken by writer threads, not yet committed + synced
   std::map<std::uint64_t, Segment> segments_;
   std::uint64_t current_segment_ = 0;
   UsageWriterStats stats_;
   bool stopping_ = false;
   std::chrono::steady_clock::time_point stop_deadline_{};
   OnCommitted on_committed_;
-  std::deque<Unsynced> unsynced_;  ///< writer thread only
-  std::thread thread_;
+  std::mutex sync_mu_;             ///< serializes on_committed_ calls; taken before mu_
+  std::deque<Unsynced> unsynced_;  ///< changed under sync_mu_ and mu_
+  std::vector<std::thread> threads_;
 };
 
 }  // namespace tollgate::sql
