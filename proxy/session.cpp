@@ -277,20 +277,6 @@ awaitable<bool> admit(beast::tcp_stream& client, App& app, ThreadContext& tc, Re
   co_return true;
 }
 
-/// Phase 7 off the request path. The caller counted it in active_requests; it is released
-/// here, so a graceful stop lets it finish instead of leaving the hold to expire.
-awaitable<void> settle_in_background(Metrics& m, ratelimit::Admitter& admitter, std::string account,
-                                     std::string request_id, pricing::Micros charge,
-                                     std::vector<ratelimit::Window> windows, std::int64_t actual_tokens,
-                                     std::int64_t token_estimate) {
-  struct Release {
-    Metrics& m;
-    ~Release() { --m.active_requests; }
-  } release{m};
-  co_await admitter.settle(std::move(account), std::move(request_id), charge, std::move(windows), actual_tokens,
-                           token_estimate);
-}
-
 struct ActiveGuard {
   Metrics& m;
   explicit ActiveGuard(Metrics& mm) : m(mm) { ++m.active_requests; }
@@ -397,14 +383,18 @@ awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& bu
   }
   auto rec = record(app, ctx, out);
   if (ctx.admission && tc.admitter) {
-    // Phase 7 off the request path: the session goes on to the next request meanwhile.
-    ++app.metrics.active_requests;  // released by settle_in_background: a graceful stop waits for it
-    net::co_spawn(client.get_executor(),
-                  settle_in_background(app.metrics, *tc.admitter, ctx.key->user_id, ctx.request_id,
-                                       rec ? rec->charge : 0, std::move(ctx.admission->windows),
-                                       rec ? rec->prompt_tokens + rec->completion_tokens : 0,
-                                       ctx.admission->token_estimate),
-                  net::detached);
+    // Phase 7 off the request path, batched with other settles of this event loop. Counted in
+    // active_requests until Redis answered (the Admitter's on_settled releases it), so a
+    // graceful stop waits for it instead of leaving the hold to expire.
+    ++app.metrics.active_requests;
+    ratelimit::Settlement s;
+    s.account = ctx.key->user_id;
+    s.request_id = ctx.request_id;
+    s.charge = rec ? rec->charge : 0;
+    s.windows = std::move(ctx.admission->windows);
+    s.actual_tokens = rec ? rec->prompt_tokens + rec->completion_tokens : 0;
+    s.token_estimate = ctx.admission->token_estimate;
+    tc.admitter->settle(std::move(s));
   }
   co_return keep;
 }

@@ -28,8 +28,11 @@ struct UpstreamConnection {
   std::variant<Plain, Tls> stream;
   beast::flat_buffer buffer;
 
-  explicit UpstreamConnection(Plain s) : stream(std::move(s)) {}
-  explicit UpstreamConnection(Tls s) : stream(std::move(s)) {}
+  /// Bytes read from the upstream per read(2): a whole small response, or several SSE events.
+  static constexpr std::size_t read_size = 4096;
+
+  explicit UpstreamConnection(Plain s) : stream(std::move(s)) { buffer.reserve(read_size); }
+  explicit UpstreamConnection(Tls s) : stream(std::move(s)) { buffer.reserve(read_size); }
   beast::tcp_stream& lowest() {
     return std::visit([](auto& s) -> beast::tcp_stream& { return beast::get_lowest_layer(s); }, stream);
   }
