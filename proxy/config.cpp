@@ -52,7 +52,6 @@ Config Config::load(const std::optional<std::string>& path) {
     get(t, "server.threads", c.threads);
     get(t, "server.max_body_bytes", c.max_body_bytes);
     get_ms(t, "server.client_idle_timeout_ms", c.client_idle_timeout);
-    if (auto v = t.at_path("server.busy_poll_us").value<std::int64_t>()) c.busy_poll = std::chrono::microseconds(*v);
     get(t, "database.url", c.database_url);
     get(t, "database.lookup_threads", c.lookup_threads);
     get(t, "redis.url", c.redis_url);
@@ -90,7 +89,6 @@ Config Config::load(const std::optional<std::string>& path) {
   if (const char* v = std::getenv("TOLLGATE_UPSTREAM_URL")) c.upstream_url_text = v;
   if (const char* v = std::getenv("TOLLGATE_UPSTREAM_KEY")) c.upstream_key = v;
   if (const char* v = std::getenv("TOLLGATE_JOURNAL_DIR")) c.journal_dir = v;
-  if (const char* v = std::getenv("TOLLGATE_BUSY_POLL_US")) c.busy_poll = std::chrono::microseconds(std::atoi(v));
   if (const char* v = std::getenv("TOLLGATE_ADMISSION_TIMEOUT_MS")) c.admission.timeout = std::chrono::milliseconds(std::atoi(v));
   if (const char* v = std::getenv("TOLLGATE_ADMISSION")) {  // "off" | "closed" | "open"
     std::string m = v;
@@ -100,8 +98,6 @@ Config Config::load(const std::optional<std::string>& path) {
   }
   c.upstream = parse_upstream_url(c.upstream_url_text);
   if (c.prompt_bytes_per_token < 1) throw std::invalid_argument("billing.prompt_bytes_per_token must be >= 1");
-  if (c.busy_poll.count() < 0 || c.busy_poll.count() > 10'000)
-    throw std::invalid_argument("server.busy_poll_us must be between 0 and 10000");
   if (c.admission.timeout.count() < 1) throw std::invalid_argument("admission.timeout_ms must be >= 1");
   if (c.default_max_tokens < 1) throw std::invalid_argument("billing.default_max_tokens must be >= 1");
   return c;

@@ -32,8 +32,6 @@ struct Config {
   int threads = 0;                                  ///< 0 = one per core
   std::uint64_t max_body_bytes = 10ull << 20;       ///< 413 above this
   std::chrono::milliseconds client_idle_timeout{60'000};
-  /// How long an event loop keeps polling for work before it sleeps (0 = never polls; µs).
-  std::chrono::microseconds busy_poll{0};
   // [database]
   std::string database_url = "postgresql://tollgate@127.0.0.1:5432/tollgate";
   int lookup_threads = 4;                           ///< blocking Postgres lookups (cache misses)

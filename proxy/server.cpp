@@ -93,36 +93,12 @@ Server::~Server() {
 
 std::uint16_t Server::port() const { return port_; }
 
-namespace {
-/// Runs an event loop. With `spin` > 0 it keeps polling for ready work for up to `spin` after the
-/// last handler before it sleeps in epoll_wait: the replies tollgate waits for (Redis, the
-/// upstream, the client's next request) usually arrive within tens of µs, and on an idle core
-/// catching them without a sleep/wake-up cycle saves that much latency per wait.
-void run_loop(net::io_context& ioc, std::chrono::microseconds spin) {
-  if (spin.count() <= 0) {
-    ioc.run();
-    return;
-  }
-  using Clock = std::chrono::steady_clock;
-  auto last = Clock::now();
-  while (!ioc.stopped()) {
-    if (ioc.poll() > 0) {
-      last = Clock::now();
-      continue;
-    }
-    if (Clock::now() - last < spin) continue;
-    if (ioc.run_one() == 0) break;
-    last = Clock::now();
-  }
-}
-}  // namespace
-
 void Server::run() {
   for (auto& w : workers_)
     net::co_spawn(w->ioc, accept_loop(w->acceptor, app_, w->tc), net::detached);
   for (std::size_t i = 1; i < workers_.size(); ++i)
-    workers_[i]->thread = std::thread([w = workers_[i].get(), spin = app_.cfg.busy_poll] { run_loop(w->ioc, spin); });
-  run_loop(workers_.front()->ioc, app_.cfg.busy_poll);
+    workers_[i]->thread = std::thread([w = workers_[i].get()] { w->ioc.run(); });
+  workers_.front()->ioc.run();
   for (std::size_t i = 1; i < workers_.size(); ++i)
     if (workers_[i]->thread.joinable()) workers_[i]->thread.join();
 }

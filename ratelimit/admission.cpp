@@ -6,7 +6,6 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
-#include <boost/asio/post.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -86,7 +85,7 @@ std::vector<Window> windows_for(const keys::KeyRecord& k, std::int64_t token_est
 
 Admitter::Admitter(boost::asio::any_io_executor ex, RedisConnection& redis, const AdmissionConfig& cfg,
                    BalanceLoader load_balance, SettledFn on_settled)
-    : ex_(std::move(ex)), redis_(redis), cfg_(cfg), load_balance_(std::move(load_balance)),
+    : ex_(std::move(ex)), settle_timer_(ex_), redis_(redis), cfg_(cfg), load_balance_(std::move(load_balance)),
       on_settled_(std::move(on_settled)) {}
 
 boost::asio::awaitable<std::pair<boost::system::error_code, RedisReply>> Admitter::eval(
@@ -180,15 +179,22 @@ boost::asio::awaitable<Admission> Admitter::admit(const keys::KeyRecord& key, co
 
 void Admitter::settle(Settlement s) {
   queued_.push_back(std::move(s));
-  // Settles queued in the same event-loop turn go out together; while a batch is in flight the
-  // next one waits for its answer (flush_settles runs again when it completes).
-  if (batches_in_flight_ == 0 && !flush_posted_) {
-    flush_posted_ = true;
-    boost::asio::post(ex_, [this] {
-      flush_posted_ = false;
-      flush_settles();
-    });
+  if (batches_in_flight_ > 0) return;  // the batch's completion sends what queued meanwhile
+  if (queued_.size() >= settle_batch_max) {
+    settle_timer_.cancel();
+    flush_settles();
+  } else if (!timer_armed_) {
+    arm_settle_timer();
   }
+}
+
+void Admitter::arm_settle_timer() {
+  timer_armed_ = true;
+  settle_timer_.expires_after(settle_delay);
+  settle_timer_.async_wait([this](boost::system::error_code) {
+    timer_armed_ = false;
+    if (batches_in_flight_ == 0) flush_settles();
+  });
 }
 
 void Admitter::flush_settles() {
@@ -244,7 +250,12 @@ boost::asio::awaitable<void> Admitter::settle_batch(std::vector<Settlement> batc
   settling_ -= n;
   --batches_in_flight_;
   if (on_settled_) on_settled_(n);
-  if (batches_in_flight_ == 0) flush_settles();
+  if (batches_in_flight_ == 0 && !queued_.empty() && !timer_armed_) {
+    if (queued_.size() >= settle_batch_max)
+      flush_settles();
+    else
+      arm_settle_timer();
+  }
 }
 
 bool sync_balance(RedisSyncClient& redis, const std::string& account, pricing::Micros credits,

@@ -29,6 +29,7 @@
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -120,24 +121,29 @@ class Admitter {
 
   /// Queues a settle and returns at once (off the request path): releases the hold, counts the
   /// charge as pending and corrects token windows to the real tokens. Queued settles go to
-  /// Redis in batches, one EVALSHA per account with up to `settle_batch_max` requests; while
-  /// batches are in flight new settles wait for the next one (batching that adapts to load,
-  /// without a timer: at low load each settle goes out at the end of its event-loop turn).
+  /// Redis in batches, one EVALSHA per account with up to `settle_batch_max` requests, sent
+  /// `settle_delay` after the first was queued (at once when `settle_batch_max` are queued);
+  /// while batches are in flight new settles wait for the next one. So admissions, which a
+  /// client is waiting for, are not queued in Redis behind settles, and under load one script
+  /// call settles many requests. Holds are released at most ~settle_delay + a round trip late.
   /// Errors are logged (the holds then expire by themselves); on_settled is called either way.
   void settle(Settlement s);
   /// Settles queued or in flight.
   std::size_t settles_pending() const { return queued_.size() + settling_; }
 
   static constexpr std::size_t settle_batch_max = 256;
+  static constexpr std::chrono::microseconds settle_delay{1000};
 
  private:
   void flush_settles();
+  void arm_settle_timer();
   boost::asio::awaitable<void> settle_batch(std::vector<Settlement> batch);
 
   boost::asio::awaitable<std::pair<boost::system::error_code, RedisReply>> eval(
       int script, const std::vector<std::string>& keys, const std::vector<std::string>& args);
 
   boost::asio::any_io_executor ex_;
+  boost::asio::steady_timer settle_timer_;
   RedisConnection& redis_;
   const AdmissionConfig& cfg_;
   BalanceLoader load_balance_;
@@ -145,7 +151,7 @@ class Admitter {
   std::vector<Settlement> queued_;
   std::size_t settling_ = 0;        ///< settles in batches in flight
   std::size_t batches_in_flight_ = 0;
-  bool flush_posted_ = false;
+  bool timer_armed_ = false;
 };
 
 /// The Lua scripts (embedded from ratelimit/scripts) and their SHA-1s for EVALSHA.
