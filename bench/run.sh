@@ -62,15 +62,15 @@ case $mode in
   smoke)
     D_WARM=0.3 D_C1=0.5 D_MAX=1 D_RATE=0.5 W_RATE=0.1 RATES="200"
     STREAM_RATE=20 D_STREAM=0.6 STREAM_CHUNKS=8 STREAM_INTERVAL=5
-    IDLE=50 HOLD=0.5 IDLE_INTERVAL=500 USAGE_ROWS=2000 CONNS=16 TWO_THREADS=0 ;;
+    IDLE=50 HOLD=0.5 IDLE_INTERVAL=500 USAGE_ROWS=2000 CONNS=16 TWO_THREADS=0 KEYS_TOTAL=2000 D_FLOOD=1 ;;
   quick)
     D_WARM=1 D_C1=3 D_MAX=3 D_RATE=2.5 W_RATE=0.5 RATES="1000 2000 5000 10000"
     STREAM_RATE=50 D_STREAM=3 STREAM_CHUNKS=64 STREAM_INTERVAL=20
-    IDLE=1000 HOLD=2 IDLE_INTERVAL=2000 USAGE_ROWS=20000 CONNS=64 TWO_THREADS=1 ;;
+    IDLE=1000 HOLD=2 IDLE_INTERVAL=2000 USAGE_ROWS=20000 CONNS=64 TWO_THREADS=1 KEYS_TOTAL=100000 D_FLOOD=3 ;;
   full)
     D_WARM=2 D_C1=10 D_MAX=10 D_RATE=10 W_RATE=1 RATES="500 1000 2000 5000 10000 15000 20000 30000"
     STREAM_RATE=100 D_STREAM=10 STREAM_CHUNKS=64 STREAM_INTERVAL=20
-    IDLE=10000 HOLD=10 IDLE_INTERVAL=5000 USAGE_ROWS=200000 CONNS=64 TWO_THREADS=1 ;;
+    IDLE=10000 HOLD=10 IDLE_INTERVAL=5000 USAGE_ROWS=200000 CONNS=64 TWO_THREADS=1 KEYS_TOTAL=1000000 D_FLOOD=10 ;;
 esac
 MODEL=openai/gpt-4o-mini
 STUB_KEY=stub-upstream-key
@@ -605,6 +605,99 @@ run_idle_scenario() {
   fi
 }
 
+# Many keys, and floods of invalid keys (tollgate only). KEYS_TOTAL filler keys (other keys, as
+# far as the request path can tell) go into api_keys, tollgate restarts with a cold cache, and
+# concurrency 1 + max throughput run again: the bench key is looked up once, then cached. Then
+# two floods of keys that do not exist, a new key per request: "garbage" (random, so the checksum
+# is wrong) and "forged" (random with a valid CRC32 checksum: what an attacker who read our
+# source sends; tollgate's key filter refuses those after a 25 ms grace for keys whose creation
+# NOTIFY is in flight, so this flood runs slower). Each must be answered 401; what reaches
+# PostgreSQL is counted by tollgate_key_lookups_total (one query per lookup).
+cat >"$state/flood.lua" <<'EOF'
+-- wrk: a POST with a new, non-existent API key per request. BENCH_FLOOD=garbage|forged.
+local alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+local forged = os.getenv("BENCH_FLOOD") == "forged"
+local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
+local body = f:read("*a")
+f:close()
+local crc_table = {}
+for i = 0, 255 do
+  local c = i
+  for _ = 1, 8 do
+    if bit.band(c, 1) == 1 then c = bit.bxor(bit.rshift(c, 1), 0xEDB88320) else c = bit.rshift(c, 1) end
+  end
+  crc_table[i] = c
+end
+local function crc32(s)
+  local c = 0xFFFFFFFF
+  for i = 1, #s do
+    c = bit.bxor(bit.rshift(c, 8), crc_table[bit.band(bit.bxor(c, s:byte(i)), 0xFF)])
+  end
+  c = bit.bxor(c, 0xFFFFFFFF)
+  if c < 0 then c = c + 4294967296 end
+  return c
+end
+local function base62(n, width)
+  local out = {}
+  for i = width, 1, -1 do
+    local d = n % 62
+    out[i] = alphabet:sub(d + 1, d + 1)
+    n = (n - d) / 62
+  end
+  return table.concat(out)
+end
+math.randomseed(os.time())
+request = function()
+  local r = {}
+  for i = 1, 32 do
+    local d = math.random(0, 61)
+    r[i] = alphabet:sub(d + 1, d + 1)
+  end
+  local random_part = table.concat(r)
+  local sum = forged and base62(crc32(random_part), 6) or base62(math.random(0, 56800235583), 6)
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json",
+                                  ["Authorization"] = "Bearer tg_" .. random_part .. sum}, body)
+end
+function done(summary, latency, requests)
+  io.write(string.format('WRKJSON {"requests":%d,"duration_us":%d,"non2xx":%d,"p50":%.1f,"p99":%.1f}\n',
+    summary.requests, summary.duration, summary.errors.status, latency:percentile(50), latency:percentile(99)))
+end
+EOF
+metric() { curl -fsS --max-time 2 "http://127.0.0.1:$TG_PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+run_keys_scenarios() {
+  local t0 t1 kind m0 m1 f
+  log "tollgate: $KEYS_TOTAL more keys in api_keys"
+  t0=$(date +%s%N)
+  # The insert trigger would NOTIFY cache invalidations nobody needs: these keys are new.
+  q -c "ALTER TABLE api_keys DISABLE TRIGGER api_keys_notify_insert_delete" \
+    -c "INSERT INTO api_keys (user_id, key_hash, key_prefix, name)
+        SELECT '$ACCOUNT', encode(sha256(('bench-filler-' || g)::text::bytea), 'hex'), 'tg_filler', 'bench filler'
+        FROM generate_series(1, $KEYS_TOTAL) g" \
+    -c "ALTER TABLE api_keys ENABLE TRIGGER api_keys_notify_insert_delete" -c "ANALYZE api_keys"
+  t1=$(date +%s%N)
+  echo "{\"keys_total\":$(q -c 'SELECT count(*) FROM api_keys'),\"insert_ms\":$(( (t1 - t0) / 1000000 ))}" >"$out/raw/keys.json"
+  start_tollgate plain 1; set_system tollgate
+  functional_check plain "$EXPECT_PLAIN" || return 0
+  loadgen c1-keys plain --concurrency 1 --duration "$D_C1" --warmup 0.2 --expect "$EXPECT_PLAIN"
+  check_result "$out/raw/$SYS.c1-keys.json"
+  run_wrk max-keys plain "$D_MAX"
+  check_result "$out/raw/$SYS.max-keys.json"
+  for kind in garbage forged; do
+    log "tollgate: flood of $kind keys (${D_FLOOD}s)"
+    m0=$(metric tollgate_key_lookups_total)
+    f=$out/raw/tollgate.flood-$kind.json
+    BENCH_BODY=$state/plain.json BENCH_FLOOD=$kind timeout $((D_FLOOD + 30)) \
+      wrk -t1 -c16 -d"${D_FLOOD}s" --timeout 10s -s "$state/flood.lua" "${URL[plain]}" >"$state/wrk.out" 2>&1 \
+      || die "wrk failed for the $kind flood: $(cat "$state/wrk.out")"
+    m1=$(metric tollgate_key_lookups_total)
+    sed -n 's/^WRKJSON //p' "$state/wrk.out" | jq --argjson lookups "$((m1 - m0))" --arg kind "$kind" \
+      '. + {kind:$kind, rps:(.requests / (.duration_us / 1e6)), pg_lookups:$lookups}' >"$f"
+    [ -s "$f" ] || die "no result from the $kind flood"
+    [ "$(jq -r '.non2xx == .requests' "$f")" = true ] || problem soft "tollgate/flood-$kind: some invalid keys were not refused"
+  done
+  stop_tollgate keys-t1
+}
+
 # ------------------------------------------------------------------ run
 ulimit -c 0
 systems=(direct nginx)
@@ -628,7 +721,8 @@ for s in "${systems[@]}"; do
       start_tollgate plain 1; set_system tollgate; run_plain_scenarios
       stop_tollgate plain-t1
       start_tollgate stream 1; set_system tollgate; run_stream_scenarios; stop_tollgate stream-t1
-      start_tollgate idle 1; set_system tollgate; run_idle_scenario; stop_tollgate idle-t1 ;;
+      start_tollgate idle 1; set_system tollgate; run_idle_scenario; stop_tollgate idle-t1
+      run_keys_scenarios ;;
     tollgate-2t)
       start_tollgate plain 2; set_system tollgate-2t
       if [ "$mode" = full ]; then run_plain_scenarios

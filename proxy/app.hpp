@@ -2,6 +2,7 @@
 // The shared, long-lived objects every request uses. Built once in main.cpp (the only place
 // that wires concrete classes together) and passed by reference.
 #include "keys/key_cache.hpp"
+#include "keys/key_filter.hpp"
 #include "pricing/pricing.hpp"
 #include "proxy/config.hpp"
 #include "proxy/lookup_pool.hpp"
@@ -22,6 +23,8 @@ struct Metrics {
   std::atomic<std::uint64_t> upstream_errors{0}, upstream_connect_failures{0};
   std::atomic<std::uint64_t> client_aborts{0}, streams{0};
   std::atomic<std::uint64_t> key_cache_hits{0}, key_cache_misses{0};
+  std::atomic<std::uint64_t> key_lookups{0};           ///< Postgres lookups of keys
+  std::atomic<std::uint64_t> key_filter_refusals{0};   ///< refused by the filter, no lookup
   std::atomic<std::uint64_t> admission_ok{0}, admission_over_limit{0}, admission_errors{0};
   std::atomic<std::uint64_t> failure_mode_allowed{0};
   std::atomic<std::int64_t> active_requests{0};
@@ -30,6 +33,7 @@ struct Metrics {
 struct App {
   const Config& cfg;
   keys::KeyCache& key_cache;
+  keys::KeyFilter& key_filter;
   std::atomic<pricing::PricingSnapshotPtr>& pricing;
   LookupPool& lookups;
   sql::UsageWriter& usage;

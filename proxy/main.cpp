@@ -25,6 +25,33 @@ using namespace tollgate;
 
 namespace {
 
+/// Loads every key hash of api_keys into the filter, 50,000 rows at a time (a server-side
+/// cursor: a million keys never sit in memory as strings).
+void load_key_filter(sql::PgConn& db, keys::KeyFilter& filter) {
+  auto started = std::chrono::steady_clock::now();
+  std::size_t n = static_cast<std::size_t>(db.exec("SELECT count(*) FROM api_keys").i64(0, 0));
+  std::size_t loaded = 0;
+  db.exec("BEGIN");
+  try {
+    db.exec("DECLARE tollgate_key_hashes NO SCROLL CURSOR FOR SELECT key_hash FROM api_keys");
+    filter.load(n, [&](const keys::KeyFilter::AddFn& add) {
+      for (;;) {
+        auto r = db.exec("FETCH 50000 FROM tollgate_key_hashes");
+        if (r.rows() == 0) break;
+        for (int i = 0; i < r.rows(); ++i) add(r.get(i, 0));
+        loaded += static_cast<std::size_t>(r.rows());
+      }
+    });
+    db.exec("COMMIT");
+  } catch (...) {
+    if (db.healthy()) db.exec("ROLLBACK");
+    throw;
+  }
+  spdlog::info("key filter: {} key(s) loaded in {} ms (capacity {})", loaded,
+               std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count(),
+               filter.capacity());
+}
+
 int serve(const Config& cfg, const std::optional<std::string>& port_file) {
   {
     sql::PgConn db(cfg.database_url);  // fail fast with a clear message if Postgres is down
@@ -32,6 +59,7 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file) {
       throw std::runtime_error("the database has no tollgate schema: run `tollgate migrate` first");
   }
   keys::KeyCache key_cache(cfg.key_cache_capacity, cfg.key_cache_ttl, cfg.key_cache_negative_ttl);
+  keys::KeyFilter key_filter;
   std::atomic<pricing::PricingSnapshotPtr> pricing;
   // Blocking Redis clients for the two threads that keep Redis' balance cache in step with
   // Postgres: the NOTIFY listener (top-ups) and the usage writer (committed batches).
@@ -47,7 +75,10 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file) {
           std::int64_t version = 0, credits = 0;
           if (listener_redis && (in >> account >> version >> credits))
             ratelimit::sync_balance(*listener_redis, account, credits, version, {});
-        } else if (channel == "tollgate_api_keys") key_cache.erase(payload);
+        } else if (channel == "tollgate_api_keys") {
+          key_filter.add(payload);  // a new key (or a changed one: already in)
+          key_cache.erase(payload);
+        }
         else if (channel == "tollgate_accounts") key_cache.erase_user(payload);
         else if (channel == "tollgate_pricing") {
           pricing.store(sql::load_pricing(db));
@@ -56,6 +87,7 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file) {
       },
       [&](sql::PgConn& db) {
         key_cache.clear();  // notifications may have been missed while disconnected
+        load_key_filter(db, key_filter);
         pricing.store(sql::load_pricing(db));
       });
   listener.start();
@@ -73,7 +105,7 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file) {
   usage.start();
   LookupPool lookups(cfg.database_url, cfg.lookup_threads);
   auto tls = make_upstream_tls_context();
-  App app{cfg, key_cache, pricing, lookups, usage, tls, {}};
+  App app{cfg, key_cache, key_filter, pricing, lookups, usage, tls, {}};
   Server server(app);
 
   // Signals are taken by a dedicated thread so the stop sequence can block.

@@ -59,7 +59,10 @@ struct Server::Worker {
       : pool(ioc.get_executor(), app.cfg, app.upstream_tls), tc{pool, nullptr} {
     if (app.cfg.admission.enabled) {
       redis.emplace(ioc.get_executor(), ratelimit::parse_redis_url(app.cfg.redis_url));
-      admitter.emplace(*redis, app.cfg.admission, [&app](std::string account) { return load_balance(app, std::move(account)); });
+      admitter.emplace(
+          ioc.get_executor(), *redis, app.cfg.admission,
+          [&app](std::string account) { return load_balance(app, std::move(account)); },
+          [&app](std::size_t n) { app.metrics.active_requests -= static_cast<std::int64_t>(n); });
       tc.admitter = &*admitter;
     }
     acceptor.open(ep.protocol());

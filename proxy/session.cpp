@@ -15,6 +15,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/http.hpp>
@@ -88,6 +89,17 @@ std::optional<sql::UsageRecord> record(App& app, const RequestCtx& ctx, const Ou
 }
 
 // ---------------------------------------------------------------------------------------------
+/// A key the filter does not know may have been created a few ms ago, its NOTIFY still on the
+/// way (a few ms). Waits `key_notify_grace` and asks the filter again. Forged keys pay the wait
+/// too, which slows a flood of them down.
+constexpr auto key_notify_grace = std::chrono::milliseconds(25);
+awaitable<bool> created_just_now(beast::tcp_stream& client, App& app, const std::string& hash) {
+  net::steady_timer t(client.get_executor());
+  t.expires_after(key_notify_grace);
+  co_await t.async_wait(net::as_tuple(net::use_awaitable));
+  co_return app.key_filter.might_contain(hash);
+}
+
 // Phase 2: authenticate. Returns the key record, or nullptr after answering 401/503.
 awaitable<keys::KeyCache::Record> authenticate(beast::tcp_stream& client, App& app, RequestCtx& ctx,
                                                std::string_view authorization, bool& keep_alive) {
@@ -107,8 +119,15 @@ awaitable<keys::KeyCache::Record> authenticate(beast::tcp_stream& client, App& a
   if (auto cached = app.key_cache.find(hash, now)) {
     ++app.metrics.key_cache_hits;
     rec = *cached;
+  } else if (!app.key_filter.might_contain(hash) && !co_await created_just_now(client, app, hash)) {
+    // Certainly not a key in api_keys (forged with a valid checksum, or deleted): refused
+    // without a Postgres lookup, so a flood of such keys never reaches Postgres.
+    ++app.metrics.key_cache_misses;
+    ++app.metrics.key_filter_refusals;
+    co_return co_await deny("Incorrect API key provided.");
   } else {
     ++app.metrics.key_cache_misses;
+    ++app.metrics.key_lookups;
     auto gen = app.key_cache.generation();
     bool failed = false;
     try {
@@ -160,6 +179,7 @@ std::string metrics_text(App& app) {
       "tollgate_upstream_errors_total {}\ntollgate_upstream_connect_failures_total {}\n"
       "tollgate_client_aborts_total {}\ntollgate_streams_total {}\n"
       "tollgate_key_cache_hits_total {}\ntollgate_key_cache_misses_total {}\n"
+      "tollgate_key_lookups_total {}\ntollgate_key_filter_refusals_total {}\n"
       "tollgate_admission_total{{result=\"ok\"}} {}\ntollgate_admission_total{{result=\"over_limit\"}} {}\n"
       "tollgate_admission_total{{result=\"error\"}} {}\ntollgate_admission_total{{result=\"failure_mode_allowed\"}} {}\n"
       "tollgate_active_requests {}\ntollgate_usage_records_appended_total {}\n"
@@ -168,7 +188,8 @@ std::string metrics_text(App& app) {
       m.requests.load(), m.responses_2xx.load(), m.responses_4xx.load(), m.responses_5xx.load(),
       m.auth_failures.load(), m.insufficient_balance.load(), m.upstream_errors.load(),
       m.upstream_connect_failures.load(), m.client_aborts.load(), m.streams.load(),
-      m.key_cache_hits.load(), m.key_cache_misses.load(), m.admission_ok.load(), m.admission_over_limit.load(),
+      m.key_cache_hits.load(), m.key_cache_misses.load(), m.key_lookups.load(), m.key_filter_refusals.load(),
+      m.admission_ok.load(), m.admission_over_limit.load(),
       m.admission_errors.load(), m.failure_mode_allowed.load(), m.active_requests.load(), u.appended,
       u.committed, u.queued, u.failures);
 }
@@ -277,20 +298,6 @@ awaitable<bool> admit(beast::tcp_stream& client, App& app, ThreadContext& tc, Re
   co_return true;
 }
 
-/// Phase 7 off the request path. The caller counted it in active_requests; it is released
-/// here, so a graceful stop lets it finish instead of leaving the hold to expire.
-awaitable<void> settle_in_background(Metrics& m, ratelimit::Admitter& admitter, std::string account,
-                                     std::string request_id, pricing::Micros charge,
-                                     std::vector<ratelimit::Window> windows, std::int64_t actual_tokens,
-                                     std::int64_t token_estimate) {
-  struct Release {
-    Metrics& m;
-    ~Release() { --m.active_requests; }
-  } release{m};
-  co_await admitter.settle(std::move(account), std::move(request_id), charge, std::move(windows), actual_tokens,
-                           token_estimate);
-}
-
 struct ActiveGuard {
   Metrics& m;
   explicit ActiveGuard(Metrics& mm) : m(mm) { ++m.active_requests; }
@@ -397,14 +404,18 @@ awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& bu
   }
   auto rec = record(app, ctx, out);
   if (ctx.admission && tc.admitter) {
-    // Phase 7 off the request path: the session goes on to the next request meanwhile.
-    ++app.metrics.active_requests;  // released by settle_in_background: a graceful stop waits for it
-    net::co_spawn(client.get_executor(),
-                  settle_in_background(app.metrics, *tc.admitter, ctx.key->user_id, ctx.request_id,
-                                       rec ? rec->charge : 0, std::move(ctx.admission->windows),
-                                       rec ? rec->prompt_tokens + rec->completion_tokens : 0,
-                                       ctx.admission->token_estimate),
-                  net::detached);
+    // Phase 7 off the request path, batched with other settles of this event loop. Counted in
+    // active_requests until Redis answered (the Admitter's on_settled releases it), so a
+    // graceful stop waits for it instead of leaving the hold to expire.
+    ++app.metrics.active_requests;
+    ratelimit::Settlement s;
+    s.account = ctx.key->user_id;
+    s.request_id = ctx.request_id;
+    s.charge = rec ? rec->charge : 0;
+    s.windows = std::move(ctx.admission->windows);
+    s.actual_tokens = rec ? rec->prompt_tokens + rec->completion_tokens : 0;
+    s.token_estimate = ctx.admission->token_estimate;
+    tc.admitter->settle(std::move(s));
   }
   co_return keep;
 }

@@ -9,6 +9,8 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
+
+#include <chrono>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
 
@@ -27,9 +29,13 @@ struct UpstreamConnection {
   using Tls = beast::ssl_stream<beast::tcp_stream>;
   std::variant<Plain, Tls> stream;
   beast::flat_buffer buffer;
+  std::chrono::steady_clock::time_point idle_since;  ///< when it went back to the pool
 
-  explicit UpstreamConnection(Plain s) : stream(std::move(s)) {}
-  explicit UpstreamConnection(Tls s) : stream(std::move(s)) {}
+  /// Bytes read from the upstream per read(2): a whole small response, or several SSE events.
+  static constexpr std::size_t read_size = 4096;
+
+  explicit UpstreamConnection(Plain s) : stream(std::move(s)) { buffer.reserve(read_size); }
+  explicit UpstreamConnection(Tls s) : stream(std::move(s)) { buffer.reserve(read_size); }
   beast::tcp_stream& lowest() {
     return std::visit([](auto& s) -> beast::tcp_stream& { return beast::get_lowest_layer(s); }, stream);
   }

@@ -4,6 +4,10 @@
 #include <openssl/sha.h>
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+
+#include <algorithm>
 #include <chrono>
 
 namespace tollgate::ratelimit {
@@ -79,8 +83,10 @@ std::vector<Window> windows_for(const keys::KeyRecord& k, std::int64_t token_est
   return out;
 }
 
-Admitter::Admitter(RedisConnection& redis, const AdmissionConfig& cfg, BalanceLoader load_balance)
-    : redis_(redis), cfg_(cfg), load_balance_(std::move(load_balance)) {}
+Admitter::Admitter(boost::asio::any_io_executor ex, RedisConnection& redis, const AdmissionConfig& cfg,
+                   BalanceLoader load_balance, SettledFn on_settled)
+    : ex_(std::move(ex)), settle_timer_(ex_), redis_(redis), cfg_(cfg), load_balance_(std::move(load_balance)),
+      on_settled_(std::move(on_settled)) {}
 
 boost::asio::awaitable<std::pair<boost::system::error_code, RedisReply>> Admitter::eval(
     int id, const std::vector<std::string>& keys, const std::vector<std::string>& args) {
@@ -171,22 +177,85 @@ boost::asio::awaitable<Admission> Admitter::admit(const keys::KeyRecord& key, co
   co_return a;
 }
 
-boost::asio::awaitable<void> Admitter::settle(std::string account, std::string request_id, pricing::Micros charge,
-                                              std::vector<Window> windows, std::int64_t actual_tokens,
-                                              std::int64_t token_estimate) {
-  AccountKeys ak(account);
-  std::vector<std::string> keys{ak.balance, ak.holds, ak.hold_amounts, ak.pending, ak.committed};
-  std::vector<std::string> args{request_id, std::to_string(charge)};
-  for (const auto& w : windows) {
-    if (!w.tokens) continue;
-    keys.push_back(w.key);
-    args.push_back(std::to_string(w.bucket));
-    args.push_back(std::to_string(actual_tokens - token_estimate));
+void Admitter::settle(Settlement s) {
+  queued_.push_back(std::move(s));
+  if (batches_in_flight_ > 0) return;  // the batch's completion sends what queued meanwhile
+  if (queued_.size() >= settle_batch_max) {
+    settle_timer_.cancel();
+    flush_settles();
+  } else if (!timer_armed_) {
+    arm_settle_timer();
   }
-  auto [ec, reply] = co_await eval(script_settle, keys, args);
-  if (ec || reply.is_error())
-    spdlog::warn("{}: settle in Redis failed ({}); the hold expires by itself",
-                 request_id, ec ? ec.message() : reply.str);
+}
+
+void Admitter::arm_settle_timer() {
+  timer_armed_ = true;
+  settle_timer_.expires_after(settle_delay);
+  settle_timer_.async_wait([this](boost::system::error_code) {
+    timer_armed_ = false;
+    if (batches_in_flight_ == 0) flush_settles();
+  });
+}
+
+void Admitter::flush_settles() {
+  if (queued_.empty()) return;
+  // One batch per account (all of an account's keys are in one hash slot), in queue order.
+  std::stable_sort(queued_.begin(), queued_.end(),
+                   [](const Settlement& a, const Settlement& b) { return a.account < b.account; });
+  std::vector<Settlement> all = std::move(queued_);
+  queued_.clear();
+  for (std::size_t i = 0; i < all.size();) {
+    std::size_t j = i + 1;
+    while (j < all.size() && j - i < settle_batch_max && all[j].account == all[i].account) ++j;
+    std::vector<Settlement> batch(std::make_move_iterator(all.begin() + static_cast<std::ptrdiff_t>(i)),
+                                  std::make_move_iterator(all.begin() + static_cast<std::ptrdiff_t>(j)));
+    settling_ += batch.size();
+    ++batches_in_flight_;
+    boost::asio::co_spawn(ex_, settle_batch(std::move(batch)), boost::asio::detached);
+    i = j;
+  }
+}
+
+boost::asio::awaitable<void> Admitter::settle_batch(std::vector<Settlement> batch) {
+  const std::size_t n = batch.size();
+  try {
+    AccountKeys ak(batch.front().account);
+    std::vector<std::string> keys{ak.balance, ak.holds, ak.hold_amounts, ak.pending, ak.committed};
+    std::vector<std::string> args;
+    args.reserve(3 * n);
+    for (const auto& s : batch) {
+      args.push_back(s.request_id);
+      args.push_back(std::to_string(s.charge));
+      const std::size_t count_at = args.size();
+      args.emplace_back();
+      int windows = 0;
+      for (const auto& w : s.windows) {
+        if (!w.tokens) continue;
+        auto k = std::find(keys.begin() + 5, keys.end(), w.key);
+        if (k == keys.end()) k = keys.insert(keys.end(), w.key);
+        args.push_back(std::to_string(k - keys.begin() - 4));  // 1-based after the 5 account keys
+        args.push_back(std::to_string(w.bucket));
+        args.push_back(std::to_string(s.actual_tokens - s.token_estimate));
+        ++windows;
+      }
+      args[count_at] = std::to_string(windows);
+    }
+    auto [ec, reply] = co_await eval(script_settle, keys, args);
+    if (ec || reply.is_error())
+      spdlog::warn("settle of {} request(s) in Redis failed ({}), first {}; their holds expire by themselves", n,
+                   ec ? ec.message() : reply.str, batch.front().request_id);
+  } catch (const std::exception& e) {
+    spdlog::error("settle of {} request(s) failed: {}", n, e.what());
+  }
+  settling_ -= n;
+  --batches_in_flight_;
+  if (on_settled_) on_settled_(n);
+  if (batches_in_flight_ == 0 && !queued_.empty() && !timer_armed_) {
+    if (queued_.size() >= settle_batch_max)
+      flush_settles();
+    else
+      arm_settle_timer();
+  }
 }
 
 bool sync_balance(RedisSyncClient& redis, const std::string& account, pricing::Micros credits,

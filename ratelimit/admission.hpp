@@ -27,7 +27,9 @@
 #include "pricing/money.hpp"
 #include "ratelimit/redis_client.hpp"
 
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -81,6 +83,19 @@ struct Admission {
 using BalanceLoader =
     std::function<boost::asio::awaitable<std::optional<std::pair<pricing::Micros, std::int64_t>>>(std::string)>;
 
+/// One request to settle (phase 7): what settle.lua needs.
+struct Settlement {
+  std::string account, request_id;
+  pricing::Micros charge = 0;       ///< what the request costs, credit units (0: nothing)
+  std::vector<Window> windows;      ///< from its Admission; token windows are corrected
+  std::int64_t actual_tokens = 0;   ///< prompt + completion tokens the upstream reported
+  std::int64_t token_estimate = 0;  ///< what admission counted
+};
+
+/// Called on the event loop after `n` queued settles got their answer (or failed: their holds
+/// then expire by themselves).
+using SettledFn = std::function<void(std::size_t n)>;
+
 /// Redis key names (one hash slot per account).
 struct AccountKeys {
   explicit AccountKeys(const std::string& account);
@@ -94,7 +109,9 @@ std::vector<Window> windows_for(const keys::KeyRecord& key, std::int64_t token_e
 /// Admission and settle over one per-thread Redis connection. Not thread-safe.
 class Admitter {
  public:
-  Admitter(RedisConnection& redis, const AdmissionConfig& cfg, BalanceLoader load_balance);
+  /// `ex`: the event loop `redis` runs on (settle batches are spawned there).
+  Admitter(boost::asio::any_io_executor ex, RedisConnection& redis, const AdmissionConfig& cfg,
+           BalanceLoader load_balance, SettledFn on_settled = {});
 
   /// One round trip (two plus a Postgres read when the account's balance is not cached yet).
   /// `hold` in credit units; `token_estimate` in tokens. Never throws for Redis trouble:
@@ -102,19 +119,39 @@ class Admitter {
   boost::asio::awaitable<Admission> admit(const keys::KeyRecord& key, const std::string& request_id,
                                           pricing::Micros hold, std::int64_t token_estimate);
 
-  /// Releases the hold, counts `charge` as pending and corrects token windows to
-  /// `actual_tokens`. Errors are logged (the hold then expires by itself).
-  boost::asio::awaitable<void> settle(std::string account, std::string request_id, pricing::Micros charge,
-                                      std::vector<Window> windows, std::int64_t actual_tokens,
-                                      std::int64_t token_estimate);
+  /// Queues a settle and returns at once (off the request path): releases the hold, counts the
+  /// charge as pending and corrects token windows to the real tokens. Queued settles go to
+  /// Redis in batches, one EVALSHA per account with up to `settle_batch_max` requests, sent
+  /// `settle_delay` after the first was queued (at once when `settle_batch_max` are queued);
+  /// while batches are in flight new settles wait for the next one. So admissions, which a
+  /// client is waiting for, are not queued in Redis behind settles, and under load one script
+  /// call settles many requests. Holds are released at most ~settle_delay + a round trip late.
+  /// Errors are logged (the holds then expire by themselves); on_settled is called either way.
+  void settle(Settlement s);
+  /// Settles queued or in flight.
+  std::size_t settles_pending() const { return queued_.size() + settling_; }
+
+  static constexpr std::size_t settle_batch_max = 256;
+  static constexpr std::chrono::microseconds settle_delay{1000};
 
  private:
+  void flush_settles();
+  void arm_settle_timer();
+  boost::asio::awaitable<void> settle_batch(std::vector<Settlement> batch);
+
   boost::asio::awaitable<std::pair<boost::system::error_code, RedisReply>> eval(
       int script, const std::vector<std::string>& keys, const std::vector<std::string>& args);
 
+  boost::asio::any_io_executor ex_;
+  boost::asio::steady_timer settle_timer_;
   RedisConnection& redis_;
   const AdmissionConfig& cfg_;
   BalanceLoader load_balance_;
+  SettledFn on_settled_;
+  std::vector<Settlement> queued_;
+  std::size_t settling_ = 0;        ///< settles in batches in flight
+  std::size_t batches_in_flight_ = 0;
+  bool timer_armed_ = false;
 };
 
 /// The Lua scripts (embedded from ratelimit/scripts) and their SHA-1s for EVALSHA.

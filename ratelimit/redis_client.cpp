@@ -210,6 +210,7 @@ struct Link : std::enable_shared_from_this<Link> {
   Clock::time_point started_;
   bool want_read_ = false, want_write_ = false;        // what hiredis asked for
   bool read_waiting_ = false, write_waiting_ = false;  // an async_wait is pending
+  bool flush_posted_ = false;  // a write at the end of this event-loop turn is scheduled
   bool connected_ = false;    ///< TCP connect completed
   bool established_ = false;  ///< connected and AUTH/SELECT (if any) answered OK
   int handshake_left_ = 0;
@@ -256,6 +257,25 @@ struct Link : std::enable_shared_from_this<Link> {
     sd_.async_wait(net::posix::stream_descriptor::wait_write,
                    [self = shared_from_this()](error_code ec) noexcept { self->on_ready(ec, false); });
     write_waiting_ = true;
+  }
+
+  /// Once connected, commands are written at the end of the event-loop turn that issued them,
+  /// all in one write(2), without asking epoll whether the socket is writable (it nearly always
+  /// is); only a full socket buffer falls back to waiting for writability.
+  void schedule_flush() {
+    if (flush_posted_ || write_waiting_ || !ac_) return;
+    net::post(sd_.get_executor(), [self = shared_from_this()]() noexcept {
+      self->flush_posted_ = false;
+      if (!self->ac_ || !self->want_write_) return;
+      redisAsyncHandleWrite(self->ac_);
+      try {
+        if (self->ac_ && self->want_read_) self->arm_read();
+        if (self->ac_ && self->want_write_) self->arm_write();
+      } catch (...) {
+        self->drop(net::error::no_memory, "cannot wait for the socket");
+      }
+    });
+    flush_posted_ = true;
   }
 
   void on_ready(error_code ec, bool read) noexcept {
@@ -316,7 +336,10 @@ void on_add_write(void* data) noexcept {
   auto* l = static_cast<Link*>(data);
   l->want_write_ = true;
   try {
-    l->arm_write();
+    if (l->connected_)
+      l->schedule_flush();
+    else
+      l->arm_write();  // completes the non-blocking connect
   } catch (const std::exception& e) {
     spdlog::error("redis {}: cannot wait for writes: {}", l->where_, e.what());
   }

@@ -1,28 +1,52 @@
--- tollgate settle: release the request's hold, count its real charge as pending (settled in
--- Redis, not yet committed to Postgres), and correct token windows from estimate to usage.
+-- tollgate settle, batched: for each request of one account, release its hold, count its real
+-- charge as pending (settled in Redis, not yet committed to Postgres), and correct its token
+-- windows from the estimate to the usage. One call settles up to a few hundred requests.
 -- KEYS[1] balance hash, KEYS[2] holds zset, KEYS[3] hold amounts hash,
 -- KEYS[4] pending hash request_id -> charge, KEYS[5] committed zset (sync.lua),
--- KEYS[5+i] token window i
--- ARGV: request_id, charge, then per token window: bucket, delta (real - estimated tokens)
-local rid = ARGV[1]
-local charge = tonumber(ARGV[2])
-local amt = redis.call('HGET', KEYS[3], rid)
-if amt then
-  redis.call('HINCRBY', KEYS[1], 'held', -tonumber(amt))
-  redis.call('HDEL', KEYS[3], rid)
-  redis.call('ZREM', KEYS[2], rid)
+-- KEYS[5+j] token windows referenced by the entries below
+-- ARGV: per request: request_id, charge, n, then n times: window index j, bucket, delta
+--       (delta = real - estimated tokens)
+-- Returns the number of requests settled.
+local rids, charges, wins = {}, {}, {}
+local i = 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 2])
+  rids[#rids + 1] = ARGV[i]
+  charges[#charges + 1] = tonumber(ARGV[i + 1])
+  wins[#wins + 1] = i + 3
+  i = i + 3 + 3 * n
 end
--- If Postgres already committed it (the writer's sync ran first), credits include it already.
-if charge > 0 and not redis.call('ZSCORE', KEYS[5], rid) and redis.call('HSETNX', KEYS[4], rid, charge) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'pending', charge)
-end
-for i = 1, #KEYS - 5 do
-  local key, bucket, delta = KEYS[5 + i], ARGV[1 + 2 * i], tonumber(ARGV[2 + 2 * i])
-  local v = tonumber(redis.call('HGET', key, bucket))
-  if v then                               -- still inside the window
-    if delta < -v then delta = -v end
-    redis.call('HINCRBY', key, bucket, delta)
-    redis.call('HINCRBY', key, 't', delta)
+if #rids == 0 then return 0 end
+
+local amounts = redis.call('HMGET', KEYS[3], unpack(rids))
+local released, held_rids, pending = 0, {}, 0
+for r = 1, #rids do
+  local rid = rids[r]
+  if amounts[r] then
+    released = released + tonumber(amounts[r])
+    held_rids[#held_rids + 1] = rid
+  end
+  -- If Postgres already committed it (the writer's sync ran first), credits include it already.
+  if charges[r] > 0 and not redis.call('ZSCORE', KEYS[5], rid)
+     and redis.call('HSETNX', KEYS[4], rid, charges[r]) == 1 then
+    pending = pending + charges[r]
+  end
+  local a = wins[r]
+  for k = 1, tonumber(ARGV[a - 1]) do
+    local p = a + 3 * (k - 1)
+    local key, bucket, delta = KEYS[5 + tonumber(ARGV[p])], ARGV[p + 1], tonumber(ARGV[p + 2])
+    local v = tonumber(redis.call('HGET', key, bucket))
+    if v then                               -- still inside the window
+      if delta < -v then delta = -v end
+      redis.call('HINCRBY', key, bucket, delta)
+      redis.call('HINCRBY', key, 't', delta)
+    end
   end
 end
-return 1
+if #held_rids > 0 then
+  redis.call('HINCRBY', KEYS[1], 'held', -released)
+  redis.call('HDEL', KEYS[3], unpack(held_rids))
+  redis.call('ZREM', KEYS[2], unpack(held_rids))
+end
+if pending > 0 then redis.call('HINCRBY', KEYS[1], 'pending', pending) end
+return #rids

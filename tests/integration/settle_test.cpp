@@ -1,0 +1,201 @@
+// Admitter::settle against the real Redis at TOLLGATE_REDIS_URL: settles queued in one event-loop
+// turn go out as one batch per account, release every hold, count every charge as pending once,
+// and correct token windows to the real usage.
+#include "ratelimit/admission.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_future.hpp>
+
+#include <chrono>
+#include <cstdlib>
+#include <future>
+#include <random>
+#include <string>
+#include <vector>
+
+using namespace tollgate;
+using namespace tollgate::ratelimit;
+using namespace std::chrono_literals;
+namespace net = boost::asio;
+
+namespace {
+
+std::string redis_url() {
+  const char* url = std::getenv("TOLLGATE_REDIS_URL");
+  if (!url || !*url) FAIL("TOLLGATE_REDIS_URL is not set: run tests through tests/run.sh");
+  return url;
+}
+
+std::string random_id() {
+  static std::mt19937_64 rng{std::random_device{}()};
+  return "settle-test-" + std::to_string(rng());
+}
+
+keys::KeyRecord key_for(const std::string& account) {
+  keys::KeyRecord k;
+  k.key_id = random_id();
+  k.user_id = account;
+  k.is_active = true;
+  k.key_limits.tokens_per_minute = 1'000'000;  // one token window, corrected at settle
+  return k;
+}
+
+std::int64_t field(RedisSyncClient& r, const std::string& key, const std::string& f) {
+  std::vector<std::string> argv{"HGET", key, f};
+  auto v = r.command(argv);
+  REQUIRE(v);
+  return v->type == RedisReply::Type::string ? std::stoll(v->str) : 0;
+}
+
+std::int64_t count(RedisSyncClient& r, const std::string& cmd, const std::string& key) {
+  std::vector<std::string> argv{cmd, key};
+  auto v = r.command(argv);
+  REQUIRE(v);
+  return v->integer;
+}
+
+struct Fixture {
+  net::io_context ioc{1};
+  RedisConnection redis{ioc.get_executor(), parse_redis_url(redis_url())};
+  AdmissionConfig cfg;
+  std::vector<std::size_t> settled_batches;
+  Admitter admitter{ioc.get_executor(), redis, cfg,
+                    [](std::string) -> net::awaitable<std::optional<std::pair<pricing::Micros, std::int64_t>>> {
+                      co_return std::nullopt;
+                    },
+                    [this](std::size_t n) { settled_batches.push_back(n); }};
+  RedisSyncClient sync{parse_redis_url(redis_url()), 2000ms};
+
+  Fixture() { cfg.timeout = 2000ms; }
+
+  /// Caches a balance for the account, as the usage writer's sync does.
+  void fund(const std::string& account, pricing::Micros credits) {
+    REQUIRE(sync_balance(sync, account, credits, 1, {}));
+  }
+
+  Admission admit(const keys::KeyRecord& k, const std::string& rid, pricing::Micros hold, std::int64_t tokens) {
+    auto f = net::co_spawn(ioc, admitter.admit(k, rid, hold, tokens), net::use_future);
+    // The connection's read wait keeps the loop busy for ever: run until the answer is in.
+    auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (f.wait_for(0s) != std::future_status::ready && std::chrono::steady_clock::now() < deadline) {
+      ioc.restart();
+      ioc.run_for(1ms);
+    }
+    REQUIRE(f.wait_for(0s) == std::future_status::ready);
+    return f.get();
+  }
+
+  /// Runs the loop until `n` settles were answered.
+  void run_until_settled(std::size_t n) {
+    auto deadline = std::chrono::steady_clock::now() + 5s;
+    auto done = [&] {
+      std::size_t s = 0;
+      for (auto b : settled_batches) s += b;
+      return s >= n;
+    };
+    while (!done() && std::chrono::steady_clock::now() < deadline) {
+      ioc.restart();
+      ioc.run_for(10ms);
+    }
+    REQUIRE(done());
+  }
+};
+
+}  // namespace
+
+TEST_CASE("settle: one batch per account releases every hold and counts every charge once") {
+  Fixture fx;
+  const std::string a = random_id(), b = random_id();
+  fx.fund(a, 10'000'000);
+  fx.fund(b, 10'000'000);
+  auto ka = key_for(a), kb = key_for(b);
+
+  std::vector<Settlement> batch;
+  pricing::Micros charges_a = 0, charges_b = 0;
+  std::int64_t tokens_a = 0;
+  for (int i = 0; i < 60; ++i) {
+    const bool on_a = i % 3 != 0;  // 40 on a, 20 on b
+    auto& k = on_a ? ka : kb;
+    std::string rid = "req-" + std::to_string(i) + "-" + random_id();
+    auto adm = fx.admit(k, rid, 5000, 100);
+    REQUIRE(adm.verdict == Verdict::admitted);
+    Settlement s;
+    s.account = k.user_id;
+    s.request_id = rid;
+    s.charge = 10 + i;
+    s.windows = adm.windows;
+    s.actual_tokens = 30 + i % 7;
+    s.token_estimate = 100;
+    (on_a ? charges_a : charges_b) += s.charge;
+    if (on_a) tokens_a += s.actual_tokens;
+    batch.push_back(std::move(s));
+  }
+  AccountKeys aka(a), akb(b);
+  CHECK(field(fx.sync, aka.balance, "held") == 40 * 5000);
+
+  // Queued in one loop turn: one batch per account.
+  for (auto& s : batch) fx.admitter.settle(std::move(s));
+  CHECK(fx.admitter.settles_pending() == 60);
+  fx.run_until_settled(60);
+  CHECK(fx.settled_batches.size() == 2);
+  CHECK(fx.admitter.settles_pending() == 0);
+
+  CHECK(field(fx.sync, aka.balance, "held") == 0);
+  CHECK(field(fx.sync, akb.balance, "held") == 0);
+  CHECK(field(fx.sync, aka.balance, "pending") == charges_a);
+  CHECK(field(fx.sync, akb.balance, "pending") == charges_b);
+  CHECK(count(fx.sync, "HLEN", aka.pending) == 40);
+  CHECK(count(fx.sync, "HLEN", aka.hold_amounts) == 0);
+  CHECK(count(fx.sync, "ZCARD", aka.holds) == 0);
+  CHECK(count(fx.sync, "ZCARD", akb.holds) == 0);
+  // The key's token window holds the real tokens, not the estimates.
+  const std::string window = "tg:{" + a + "}:k:" + ka.key_id + ":tokens_per_minute";
+  CHECK(field(fx.sync, window, "t") == tokens_a);
+
+  // Settling the same requests again changes nothing (holds gone, charges already pending).
+  fx.settled_batches.clear();
+  for (int i = 1; i < 3; ++i) {
+    Settlement again;
+    again.account = a;
+    again.request_id = "req-" + std::to_string(i) + "-unknown";
+    again.charge = 0;
+    fx.admitter.settle(std::move(again));
+  }
+  fx.run_until_settled(2);
+  CHECK(field(fx.sync, aka.balance, "pending") == charges_a);
+  CHECK(field(fx.sync, aka.balance, "held") == 0);
+}
+
+TEST_CASE("settle: settles queued after the first batch left go out together in the next one") {
+  Fixture fx;
+  const std::string a = random_id();
+  fx.fund(a, 10'000'000);
+  auto k = key_for(a);
+  std::vector<std::string> rids;
+  for (int i = 0; i < 21; ++i) {
+    rids.push_back("req-" + std::to_string(i) + "-" + random_id());
+    REQUIRE(fx.admit(k, rids.back(), 1000, 10).verdict == Verdict::admitted);
+  }
+  auto settle = [&](int i) {
+    Settlement s;
+    s.account = a;
+    s.request_id = rids[static_cast<std::size_t>(i)];
+    s.charge = 1;
+    fx.admitter.settle(std::move(s));
+  };
+  settle(0);
+  // Let the first batch go out (after settle_delay), alone.
+  fx.ioc.restart();
+  fx.ioc.run_for(Admitter::settle_delay + 2ms);
+  for (int i = 1; i < 21; ++i) settle(i);
+  fx.run_until_settled(21);
+  REQUIRE(fx.settled_batches.size() == 2);
+  CHECK(fx.settled_batches[0] == 1);
+  CHECK(fx.settled_batches[1] == 20);
+  AccountKeys ak(a);
+  CHECK(field(fx.sync, ak.balance, "held") == 0);
+  CHECK(field(fx.sync, ak.balance, "pending") == 21);
+}
