@@ -57,7 +57,7 @@ struct Config {
   std::chrono::milliseconds key_cache_negative_ttl{5'000};
   // [usage]
   std::string journal_dir = ".run/journal";
-  std::size_t usage_batch_rows = 2000;
+  std::size_t usage_batch_rows = 5000;
   std::chrono::milliseconds usage_max_delay{20};
 
   /// Reads `path` (if given) then applies the environment overrides. Throws

@@ -23,11 +23,6 @@ UpstreamPool::UpstreamPool(net::any_io_executor ex, const Config& cfg, net::ssl:
     : ex_(ex), cfg_(cfg), tls_(tls), resolver_(ex) {}
 
 namespace {
-/// A connection back in the pool for less than this is reused without the peek below: no
-/// common server closes idle keep-alive connections that fast (Node 5 s, gunicorn 2 s, nginx
-/// 75 s), and it saves a system call per request under load.
-constexpr auto peek_after_idle = std::chrono::milliseconds(500);
-
 /// True if the peer has closed (or sent unsolicited bytes on) an idle connection: a
 /// non-blocking peek sees EOF or data. Such a connection must not carry a request.
 bool closed_by_peer(UpstreamConnection& c) {
@@ -41,8 +36,7 @@ net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamPool::acquire() {
   while (!idle_.empty()) {
     auto c = std::move(idle_.back());
     idle_.pop_back();
-    if (std::chrono::steady_clock::now() - c->idle_since >= peek_after_idle && closed_by_peer(*c))
-      continue;  // closes it
+    if (closed_by_peer(*c)) continue;  // closes it
     co_return c;
   }
   co_return co_await connect();
@@ -70,7 +64,6 @@ net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamPool::connect() {
 void UpstreamPool::release(std::unique_ptr<UpstreamConnection> c) {
   if (idle_.size() >= cfg_.upstream_max_idle_connections) return;  // closes it
   c->lowest().expires_never();
-  c->idle_since = std::chrono::steady_clock::now();
   idle_.push_back(std::move(c));
 }
 

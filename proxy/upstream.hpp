@@ -29,7 +29,6 @@ struct UpstreamConnection {
   using Tls = beast::ssl_stream<beast::tcp_stream>;
   std::variant<Plain, Tls> stream;
   beast::flat_buffer buffer;
-  std::chrono::steady_clock::time_point idle_since;  ///< when it went back to the pool
 
   /// Bytes read from the upstream per read(2): a whole small response, or several SSE events.
   static constexpr std::size_t read_size = 4096;
