@@ -30,8 +30,10 @@ struct UpstreamConnection {
   std::variant<Plain, Tls> stream;
   beast::flat_buffer buffer;
 
-  /// Bytes read from the upstream per read(2): a whole small response, or several SSE events.
-  static constexpr std::size_t read_size = 4096;
+  /// Bytes read from the upstream per read(2): a whole small response, or several SSE events
+  /// (Beast's default, 512, took two reads for a 600-byte completion). Every open stream holds
+  /// this buffer, and another as large in its relay loop: 10,000 streams × 4 KiB = 40 MiB.
+  static constexpr std::size_t read_size = 2048;
 
   explicit UpstreamConnection(Plain s) : stream(std::move(s)) { buffer.reserve(read_size); }
   explicit UpstreamConnection(Tls s) : stream(std::move(s)) { buffer.reserve(read_size); }
