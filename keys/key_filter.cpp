@@ -1,72 +1,94 @@
 #include "keys/key_filter.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <optional>
-#include <utility>
 
 namespace tollgate::keys {
 namespace {
 
-/// Two 64-bit hashes from a hex SHA-256 (its first 32 hex digits): SHA-256 output is uniform,
-/// so its bits serve as the filter's hash functions directly (double hashing h1 + i·h2).
-std::optional<std::pair<std::uint64_t, std::uint64_t>> hashes(std::string_view hex) noexcept {
+/// The first 64 bits of a hex SHA-256; never 0 (the empty slot). nullopt if not 64 hex chars.
+std::optional<std::uint64_t> fingerprint(std::string_view hex) noexcept {
   if (hex.size() != 64) return std::nullopt;
-  std::uint64_t h[2] = {0, 0};
-  for (int w = 0; w < 2; ++w) {
-    for (int i = 0; i < 16; ++i) {
-      char c = hex[static_cast<std::size_t>(w * 16 + i)];
-      std::uint64_t v;
-      if (c >= '0' && c <= '9') v = static_cast<std::uint64_t>(c - '0');
-      else if (c >= 'a' && c <= 'f') v = static_cast<std::uint64_t>(c - 'a' + 10);
-      else return std::nullopt;
-      h[w] = h[w] << 4 | v;
-    }
+  std::uint64_t fp = 0;
+  for (std::size_t i = 0; i < 64; ++i) {
+    char c = hex[i];
+    std::uint64_t v;
+    if (c >= '0' && c <= '9') v = static_cast<std::uint64_t>(c - '0');
+    else if (c >= 'a' && c <= 'f') v = static_cast<std::uint64_t>(c - 'a' + 10);
+    else return std::nullopt;
+    if (i < 16) fp = fp << 4 | v;  // the rest is only checked to be hex
   }
-  return std::make_pair(h[0], h[1] | 1);  // odd step: all probes differ
+  return fp == 0 ? 1 : fp;
 }
 
 }  // namespace
 
-void KeyFilter::set(Bits& b, std::uint64_t h1, std::uint64_t h2) noexcept {
-  const std::uint64_t nbits = b.words.size() * 64;
-  for (int i = 0; i < probes; ++i) {
-    std::uint64_t bit = (h1 + static_cast<std::uint64_t>(i) * h2) % nbits;
-    b.words[bit / 64].fetch_or(std::uint64_t{1} << (bit % 64), std::memory_order_relaxed);
+std::shared_ptr<KeyFilter::Table> KeyFilter::make_table(std::size_t keys) {
+  return std::make_shared<Table>(std::bit_ceil(std::max<std::size_t>(keys * 2, 16)));
+}
+
+void KeyFilter::insert(Table& t, std::uint64_t fp) noexcept {
+  // Fingerprints are uniform bits of SHA-256: their low bits are the slot.
+  for (std::size_t i = fp & t.mask;; i = (i + 1) & t.mask) {
+    std::uint64_t cur = t.slots[i].load(std::memory_order_relaxed);
+    if (cur == fp) return;
+    if (cur == 0) {
+      t.slots[i].store(fp, std::memory_order_release);
+      ++t.size;
+      return;
+    }
   }
 }
 
 void KeyFilter::load(std::size_t expected_keys, const std::function<void(const AddFn&)>& fill,
                      std::size_t min_capacity) {
-  std::size_t cap = std::max(expected_keys * 2, min_capacity);
-  auto b = std::make_shared<Bits>(cap * bits_per_key);
-  fill([&b](std::string_view k) {
-    if (auto h = hashes(k)) set(*b, h->first, h->second);
+  auto t = make_table(std::max(expected_keys, min_capacity));
+  fill([&t](std::string_view k) {
+    auto fp = fingerprint(k);
+    if (!fp) return;
+    if ((t->size + 1) * 2 > t->slots.size()) {  // more keys than counted: grow
+      auto bigger = make_table(t->slots.size());
+      for (auto& s : t->slots)
+        if (auto v = s.load(std::memory_order_relaxed)) insert(*bigger, v);
+      t = std::move(bigger);
+    }
+    insert(*t, *fp);
   });
-  bits_.store(std::move(b));
+  table_.store(std::move(t));
 }
 
-void KeyFilter::add(std::string_view key_hash_hex) noexcept {
-  auto b = bits_.load();
-  if (!b) return;  // not loaded yet: the load will include it
-  if (auto h = hashes(key_hash_hex)) set(*b, h->first, h->second);
+void KeyFilter::add(std::string_view key_hash_hex) {
+  auto t = table_.load();
+  auto fp = fingerprint(key_hash_hex);
+  if (!t || !fp) return;
+  if ((t->size + 1) * 2 > t->slots.size()) {
+    // Half full: readers go on with the old table until the bigger one is installed.
+    auto bigger = make_table(t->slots.size());
+    for (auto& s : t->slots)
+      if (auto v = s.load(std::memory_order_relaxed)) insert(*bigger, v);
+    insert(*bigger, *fp);
+    table_.store(std::move(bigger));
+    return;
+  }
+  insert(*t, *fp);
 }
 
 bool KeyFilter::might_contain(std::string_view key_hash_hex) const noexcept {
-  auto b = bits_.load();
-  if (!b) return true;
-  auto h = hashes(key_hash_hex);
-  if (!h) return false;
-  const std::uint64_t nbits = b->words.size() * 64;
-  for (int i = 0; i < probes; ++i) {
-    std::uint64_t bit = (h->first + static_cast<std::uint64_t>(i) * h->second) % nbits;
-    if (!(b->words[bit / 64].load(std::memory_order_relaxed) & (std::uint64_t{1} << (bit % 64)))) return false;
+  auto t = table_.load();
+  if (!t) return true;
+  auto fp = fingerprint(key_hash_hex);
+  if (!fp) return false;
+  for (std::size_t i = *fp & t->mask;; i = (i + 1) & t->mask) {
+    std::uint64_t cur = t->slots[i].load(std::memory_order_acquire);
+    if (cur == *fp) return true;
+    if (cur == 0) return false;  // at most half full: an empty slot always comes
   }
-  return true;
 }
 
-std::size_t KeyFilter::capacity() const noexcept {
-  auto b = bits_.load();
-  return b ? b->capacity : 0;
+std::size_t KeyFilter::size() const noexcept {
+  auto t = table_.load();
+  return t ? t->size : 0;
 }
 
 }  // namespace tollgate::keys

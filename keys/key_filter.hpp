@@ -1,9 +1,14 @@
 #pragma once
-// A Bloom filter over the key hashes of every API key in api_keys, so that keys which certainly
-// do not exist (a flood of forged keys with valid checksums) are refused without a Postgres
-// lookup. Loaded from Postgres at start and after every reconnect of the NOTIFY listener; keys
-// created later are added from their NOTIFY (tollgate_api_keys carries the key hash). Deleted
-// keys stay in until the next load (a false positive costs one lookup, then the negative cache).
+// The set of every API key in api_keys, as 64-bit fingerprints of their key hashes, so that a key
+// which does not exist (a flood of forged keys with valid checksums) is refused without a
+// Postgres lookup. Loaded from Postgres at start and after every reconnect of the NOTIFY
+// listener; keys created later are added from their NOTIFY (tollgate_api_keys carries the key
+// hash). Deleted keys stay in until the next load (costing one lookup, then the negative cache).
+//
+// A fingerprint is the first 64 bits of the SHA-256 key hash, so a key that is not in api_keys
+// passes only if its fingerprint equals one of the n stored ones: probability n / 2^64
+// (5·10^-14 per forged key with a million keys). Memory: 8 bytes per slot, at most half full:
+// 16 MiB for a million keys.
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -16,37 +21,36 @@ namespace tollgate::keys {
 
 class KeyFilter {
  public:
-  /// Bits per expected key and probes per key: ~1 % false positives at the expected count.
-  static constexpr std::size_t bits_per_key = 10;
-  static constexpr int probes = 7;
-
   /// Not ready: might_contain() answers true until the first load() completes.
   KeyFilter() = default;
 
   using AddFn = std::function<void(std::string_view key_hash_hex)>;
-  /// Replaces the filter with a new one sized for max(2 × expected_keys, min_capacity) keys:
-  /// `fill` calls the AddFn it is given with every key hash (64-char hex SHA-256, as api_keys
-  /// stores them); the new filter is installed when `fill` returns. Thread-safe. ~1.25 bytes
-  /// per key of capacity (2.5 MiB for a million keys).
+  /// Replaces the set with a new one sized for max(expected_keys, min_capacity) keys: `fill`
+  /// calls the AddFn it is given with every key hash (64-char hex SHA-256, as api_keys stores
+  /// them); the new set is installed when `fill` returns. load() and add() must not run on two
+  /// threads at once (tollgate: the NOTIFY listener's thread); might_contain() may run anywhere.
   void load(std::size_t expected_keys, const std::function<void(const AddFn&)>& fill,
-            std::size_t min_capacity = 1 << 20);
-  /// Adds one key hash (a key created since the load). Thread-safe, lock-free.
-  void add(std::string_view key_hash_hex) noexcept;
-  /// False only if the key hash was certainly never added (or the hash is not 64 hex chars
-  /// when the filter is ready). True while not ready. Thread-safe, lock-free.
+            std::size_t min_capacity = 1 << 15);
+  /// Adds one key hash (a key created since the load); grows the set when it is half full.
+  /// Ignored before the first load (the load will include it). Not hex: ignored.
+  void add(std::string_view key_hash_hex);
+  /// False if the key hash is certainly not in the set (also: not 64 hex chars). True while
+  /// not ready. Lock-free; safe on any thread, concurrently with add() and load().
   bool might_contain(std::string_view key_hash_hex) const noexcept;
-  bool ready() const noexcept { return bits_.load() != nullptr; }
-  /// Keys the current filter was sized for (0 while not ready).
-  std::size_t capacity() const noexcept;
+  bool ready() const noexcept { return table_.load() != nullptr; }
+  /// Key hashes in the set (0 while not ready).
+  std::size_t size() const noexcept;
 
  private:
-  struct Bits {
-    explicit Bits(std::size_t nbits) : words((nbits + 63) / 64), capacity(nbits / bits_per_key) {}
-    std::vector<std::atomic<std::uint64_t>> words;
-    std::size_t capacity;
+  struct Table {
+    explicit Table(std::size_t slots) : slots(slots), mask(slots - 1) {}
+    std::vector<std::atomic<std::uint64_t>> slots;  ///< 0 = empty; linear probing
+    std::size_t mask;
+    std::size_t size = 0;  ///< written by the single writer only
   };
-  static void set(Bits& b, std::uint64_t h1, std::uint64_t h2) noexcept;
-  std::atomic<std::shared_ptr<Bits>> bits_;
+  static std::shared_ptr<Table> make_table(std::size_t keys);
+  static void insert(Table& t, std::uint64_t fp) noexcept;
+  std::atomic<std::shared_ptr<Table>> table_;
 };
 
 }  // namespace tollgate::keys

@@ -26,7 +26,7 @@ using namespace tollgate;
 namespace {
 
 /// Loads every key hash of api_keys into the filter, 50,000 rows at a time (a server-side
-/// cursor: a million keys never sit in memory as strings).
+/// cursor: a million keys never sit in memory as strings). ~1 s per million keys.
 void load_key_filter(sql::PgConn& db, keys::KeyFilter& filter) {
   auto started = std::chrono::steady_clock::now();
   std::size_t n = static_cast<std::size_t>(db.exec("SELECT count(*) FROM api_keys").i64(0, 0));
@@ -44,12 +44,14 @@ void load_key_filter(sql::PgConn& db, keys::KeyFilter& filter) {
     });
     db.exec("COMMIT");
   } catch (...) {
-    if (db.healthy()) db.exec("ROLLBACK");
+    try {
+      if (db.healthy()) db.exec("ROLLBACK");
+    } catch (...) {  // the listener reconnects anyway
+    }
     throw;
   }
-  spdlog::info("key filter: {} key(s) loaded in {} ms (capacity {})", loaded,
-               std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count(),
-               filter.capacity());
+  spdlog::info("key filter: {} key(s) loaded in {} ms", filter.size(),
+               std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count());
 }
 
 int serve(const Config& cfg, const std::optional<std::string>& port_file) {

@@ -27,7 +27,8 @@ inline constexpr std::chrono::seconds client_write_timeout{60};
 
 /// Microseconds since the Unix epoch.
 std::int64_t unix_now_us();
-/// 128 random bits, "req_" + 32 hex: unique across instances (usage_logs.request_id).
+/// "req_" + 32 hex: 48 bits of Unix time in ms, then 80 random bits (CSPRNG-seeded): unique
+/// across instances, and ordered by time (usage_logs.request_id).
 std::string new_request_id();
 
 /// Per-request context: every phase reads and writes it.
