@@ -1,6 +1,7 @@
 #include "proxy/forward.hpp"
 
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/buffers_suffix.hpp>
 #include <boost/beast/http.hpp>
 #include <spdlog/spdlog.h>
 
@@ -26,6 +27,23 @@ std::string serialize_header(const http::response<http::empty_body>& head) {
   std::ostringstream os;
   os << head.base();
   return std::move(os).str();
+}
+
+/// Writes `buffers` to the client right away when the socket takes them all (the usual case: a
+/// few hundred bytes into a drained socket buffer), sparing an event-loop round trip per SSE
+/// event; the rest, if any, goes out with async_write under the stream's write timeout.
+template <class Buffers>
+awaitable<beast::error_code> write_now(beast::tcp_stream& client, const Buffers& buffers) {
+  auto& sock = client.socket();
+  beast::error_code ec;
+  if (!sock.non_blocking()) sock.non_blocking(true, ec);  // once per connection
+  std::size_t n = ec ? 0 : sock.write_some(buffers, ec);
+  if (!ec && n == beast::buffer_bytes(buffers)) co_return ec;
+  if (ec && ec != net::error::would_block && ec != net::error::try_again) co_return ec;
+  beast::buffers_suffix<Buffers> rest(buffers);
+  rest.consume(n);
+  auto [wec, wn] = co_await net::async_write(client, rest, tuple_awaitable);
+  co_return wec;
 }
 
 /// Decides, per SSE event, what billing learns from it and whether the client gets it.
@@ -160,8 +178,8 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
     client.expires_after(client_write_timeout);
     beast::error_code chunk_ec;
     if (head_sent) {
-      auto [wec, wn] = co_await net::async_write(client, http::make_chunk(net::buffer(to_send)), tuple_awaitable);
-      chunk_ec = wec;
+      auto chunk = http::make_chunk(net::buffer(to_send));
+      chunk_ec = co_await write_now(client, chunk);
     } else if (to_send.empty()) {
       auto [wec, wn] = co_await net::async_write(client, net::buffer(head_bytes), tuple_awaitable);
       chunk_ec = wec;
