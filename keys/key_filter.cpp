@@ -28,6 +28,15 @@ std::shared_ptr<KeyFilter::Table> KeyFilter::make_table(std::size_t keys) {
   return std::make_shared<Table>(std::bit_ceil(std::max<std::size_t>(keys * 2, 16)));
 }
 
+bool KeyFilter::full(const Table& t) noexcept { return (t.size + 1) * 2 > t.slots.size(); }
+
+std::shared_ptr<KeyFilter::Table> KeyFilter::grown(const Table& t) {
+  auto bigger = make_table(t.slots.size());
+  for (const auto& s : t.slots)
+    if (auto v = s.load(std::memory_order_relaxed)) insert(*bigger, v);
+  return bigger;
+}
+
 void KeyFilter::insert(Table& t, std::uint64_t fp) noexcept {
   // Fingerprints are uniform bits of SHA-256: their low bits are the slot.
   for (std::size_t i = fp & t.mask;; i = (i + 1) & t.mask) {
@@ -47,12 +56,7 @@ void KeyFilter::load(std::size_t expected_keys, const std::function<void(const A
   fill([&t](std::string_view k) {
     auto fp = fingerprint(k);
     if (!fp) return;
-    if ((t->size + 1) * 2 > t->slots.size()) {  // more keys than counted: grow
-      auto bigger = make_table(t->slots.size());
-      for (auto& s : t->slots)
-        if (auto v = s.load(std::memory_order_relaxed)) insert(*bigger, v);
-      t = std::move(bigger);
-    }
+    if (full(*t)) t = grown(*t);  // more keys than counted
     insert(*t, *fp);
   });
   table_.store(std::move(t));
@@ -62,11 +66,9 @@ void KeyFilter::add(std::string_view key_hash_hex) {
   auto t = table_.load();
   auto fp = fingerprint(key_hash_hex);
   if (!t || !fp) return;
-  if ((t->size + 1) * 2 > t->slots.size()) {
-    // Half full: readers go on with the old table until the bigger one is installed.
-    auto bigger = make_table(t->slots.size());
-    for (auto& s : t->slots)
-      if (auto v = s.load(std::memory_order_relaxed)) insert(*bigger, v);
+  if (full(*t)) {
+    // Readers go on with the old table until the bigger one is installed.
+    auto bigger = grown(*t);
     insert(*bigger, *fp);
     table_.store(std::move(bigger));
     return;

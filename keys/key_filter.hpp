@@ -50,6 +50,10 @@ class KeyFilter {
   };
   static std::shared_ptr<Table> make_table(std::size_t keys);
   static void insert(Table& t, std::uint64_t fp) noexcept;
+  /// One more key would make `t` more than half full (probes would get long).
+  static bool full(const Table& t) noexcept;
+  /// A table twice the size holding `t`'s fingerprints.
+  static std::shared_ptr<Table> grown(const Table& t);
   std::atomic<std::shared_ptr<Table>> table_;
 };
 

@@ -1,5 +1,6 @@
 #include "pricing/money.hpp"
 
+#include <charconv>
 #include <limits>
 
 namespace tollgate::pricing {
@@ -68,24 +69,30 @@ std::optional<std::int64_t> parse_decimal(std::string_view s, int scale) {
 }
 
 namespace {
+/// `v` units of 10^-digits as "[-]whole.fraction" with exactly `digits` fraction digits (≤ 12).
+void append_fixed(std::string& out, std::int64_t v, int digits) {
+  std::uint64_t a = v < 0 ? 0 - static_cast<std::uint64_t>(v) : static_cast<std::uint64_t>(v);
+  if (v < 0) out.push_back('-');
+  std::uint64_t scale = 1;
+  for (int i = 0; i < digits; ++i) scale *= 10;
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, a / scale);
+  out.append(buf, end);
+  char frac[13] = {'.'};
+  std::uint64_t f = a % scale;
+  for (int i = digits; i >= 1; --i, f /= 10) frac[i] = static_cast<char>('0' + f % 10);
+  out.append(frac, static_cast<std::size_t>(digits) + 1);
+}
+
 std::string format_fixed(std::int64_t v, int digits) {
-  bool neg = v < 0;
-  unsigned __int128 a = neg ? -static_cast<__int128>(v) : v;
-  std::string frac(digits, '0');
-  for (int k = digits - 1; k >= 0; --k) {
-    frac[k] = static_cast<char>('0' + static_cast<int>(a % 10));
-    a /= 10;
-  }
-  std::string whole;
-  do {
-    whole.insert(whole.begin(), static_cast<char>('0' + static_cast<int>(a % 10)));
-    a /= 10;
-  } while (a != 0);
-  return (neg ? "-" : "") + whole + "." + frac;
+  std::string s;
+  append_fixed(s, v, digits);
+  return s;
 }
 }  // namespace
 
 std::string format_micros(Micros v) { return format_fixed(v, 6); }
+void append_micros(std::string& out, Micros v) { append_fixed(out, v, 6); }
 std::string format_picos(Picos v) { return format_fixed(v, 12); }
 
 }  // namespace tollgate::pricing

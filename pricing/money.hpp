@@ -25,6 +25,8 @@ std::optional<std::int64_t> parse_decimal(std::string_view text, int scale);
 
 /// Micros as a decimal USD string with 6 fraction digits ("12.000345", "-0.000001").
 std::string format_micros(Micros v);
+/// format_micros(v) appended to `out`, with no allocation beyond `out` growing (hot paths).
+void append_micros(std::string& out, Micros v);
 /// Picos as a decimal USD string with 12 fraction digits.
 std::string format_picos(Picos v);
 

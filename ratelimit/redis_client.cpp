@@ -268,12 +268,7 @@ struct Link : std::enable_shared_from_this<Link> {
       self->flush_posted_ = false;
       if (!self->ac_ || !self->want_write_) return;
       redisAsyncHandleWrite(self->ac_);
-      try {
-        if (self->ac_ && self->want_read_) self->arm_read();
-        if (self->ac_ && self->want_write_) self->arm_write();
-      } catch (...) {
-        self->drop(net::error::no_memory, "cannot wait for the socket");
-      }
+      self->rearm();
     });
     flush_posted_ = true;
   }
@@ -290,8 +285,12 @@ struct Link : std::enable_shared_from_this<Link> {
       redisAsyncHandleRead(ac_);
     else
       redisAsyncHandleWrite(ac_);  // also completes the non-blocking connect
-    // Persistent-watcher semantics: keep waiting while hiredis still wants it (e.g. a connect
-    // still in progress, where hiredis re-adds nothing).
+    rearm();
+  }
+
+  /// Persistent-watcher semantics: keep waiting while hiredis still wants it (e.g. a connect
+  /// still in progress, where hiredis re-adds nothing).
+  void rearm() noexcept {
     try {
       if (ac_ && want_read_) arm_read();
       if (ac_ && want_write_) arm_write();

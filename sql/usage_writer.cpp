@@ -23,6 +23,7 @@
 
 namespace tollgate::sql {
 namespace fs = std::filesystem;
+using pricing::append_micros;
 
 namespace {
 constexpr std::uint64_t segment_max_bytes = 64ull << 20;
@@ -47,19 +48,6 @@ void append_int(std::string& out, std::int64_t v) {
   char buf[24];
   auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
   out.append(buf, end);
-}
-
-/// Credit units as a decimal USD string with 6 fraction digits, as pricing::format_micros.
-void append_micros(std::string& out, pricing::Micros v) {
-  std::uint64_t a = v < 0 ? 0 - static_cast<std::uint64_t>(v) : static_cast<std::uint64_t>(v);
-  if (v < 0) out.push_back('-');
-  char buf[24];
-  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, a / 1'000'000);
-  out.append(buf, end);
-  char frac[7] = {'.'};
-  std::uint64_t f = a % 1'000'000;
-  for (int i = 6; i >= 1; --i, f /= 10) frac[i] = static_cast<char>('0' + f % 10);
-  out.append(frac, 7);
 }
 
 void append_json_string(std::string& out, std::string_view s) {
@@ -230,6 +218,13 @@ std::mt19937_64 seeded_generator() {
   }
   std::seed_seq seq(seed.begin(), seed.end());
   return std::mt19937_64(seq);
+}
+
+/// Sends the COPY text gathered so far once it reaches copy_chunk_bytes.
+void send_when_full(PgConn& db, std::string& t) {
+  if (t.size() < copy_chunk_bytes) return;
+  db.copy_data(t);
+  t.clear();
 }
 
 void rollback(PgConn& db) noexcept { PQclear(PQexec(db.raw(), "ROLLBACK")); }
@@ -521,14 +516,13 @@ void UsageWriter::make_durable(Scratch& s) {
   }
 }
 
-void UsageWriter::sync_pending() {
-  std::lock_guard sync_lock(sync_mu_);
+bool UsageWriter::retry_unsynced_synclocked() {
   for (;;) {
     {
       std::lock_guard lock(mu_);
-      if (unsynced_.empty()) return;
+      if (unsynced_.empty()) return true;
     }
-    if (!sync(unsynced_.front())) return;
+    if (!sync(unsynced_.front())) return false;
     std::lock_guard lock(mu_);
     mark_committed_locked(unsynced_.front().segments);
     unsynced_.pop_front();
@@ -536,20 +530,14 @@ void UsageWriter::sync_pending() {
   }
 }
 
+void UsageWriter::sync_pending() {
+  std::lock_guard sync_lock(sync_mu_);
+  retry_unsynced_synclocked();
+}
+
 void UsageWriter::sync_committed(Unsynced done) {
   std::lock_guard sync_lock(sync_mu_);  // the hook is called by one thread at a time
-  bool earlier = false;
-  {
-    std::lock_guard lock(mu_);
-    earlier = !unsynced_.empty();
-  }
-  while (earlier && sync(unsynced_.front())) {
-    std::lock_guard lock(mu_);
-    mark_committed_locked(unsynced_.front().segments);
-    unsynced_.pop_front();
-    earlier = !unsynced_.empty();
-  }
-  bool synced = !earlier && sync(done);
+  bool synced = retry_unsynced_synclocked() && sync(done);
   std::lock_guard lock(mu_);
   if (synced) mark_committed_locked(done.segments);
   else unsynced_.push_back(std::move(done));
@@ -661,10 +649,7 @@ bool UsageWriter::record_by_copy(PgConn& db, const std::vector<Pending>& batch, 
       t.push_back('\t');
       append_timestamp(t, r.created_at_us);
       t.push_back('\n');
-      if (t.size() >= copy_chunk_bytes) {
-        db.copy_data(t);
-        t.clear();
-      }
+      send_when_full(db, t);
     }
     db.copy_data(t);
     make_durable(s);  // the journal's fdatasync runs while the server works through the rows
@@ -722,10 +707,7 @@ bool UsageWriter::record_by_copy(PgConn& db, const std::vector<Pending>& batch, 
       t.push_back('\t');
       append_timestamp(t, r.created_at_us);
       t.push_back('\n');
-      if (t.size() >= copy_chunk_bytes) {
-        db.copy_data(t);
-        t.clear();
-      }
+      send_when_full(db, t);
     }
     db.copy_data(t);
     copying = false;

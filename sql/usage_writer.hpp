@@ -135,6 +135,8 @@ class UsageWriter {
     std::vector<std::uint64_t> segments;  ///< one entry per record
   };
   bool sync(const Unsynced& u);
+  /// Retries unsynced_ in order; true once it is empty. The caller holds sync_mu_.
+  bool retry_unsynced_synclocked();
   void sync_pending();                 ///< retries unsynced_ in order (takes sync_mu_)
   void sync_committed(Unsynced done);  ///< calls the hook for a committed batch (takes sync_mu_)
   static void make_durable(Scratch& s);  ///< fdatasync of the batch's journal segments
