@@ -42,7 +42,13 @@ std::int64_t unix_now() {
 // ---------------------------------------------------------------------------------------------
 // Phases 6-8: price the usage and append the usage record (the writer thread batches it into
 // Postgres). Runs for every request that reached the upstream, whatever happened after.
-std::optional<sql::UsageRecord> record(App& app, const RequestCtx& ctx, const Outcome& out) {
+/// What settle needs of a recorded request.
+struct Recorded {
+  pricing::Micros charge = 0;
+  std::int64_t tokens = 0;  ///< prompt + completion
+};
+
+std::optional<Recorded> record(App& app, const RequestCtx& ctx, const Outcome& out) {
   if (!out.reached_upstream) return std::nullopt;
   if (out.client_aborted) ++app.metrics.client_aborts;  // counted once, whichever write failed
   sql::UsageRecord r;
@@ -84,8 +90,9 @@ std::optional<sql::UsageRecord> record(App& app, const RequestCtx& ctx, const Ou
       out.status, out.generation_id ? boost::json::serialize(boost::json::string(*out.generation_id)) : "null",
       out.finish_reason ? boost::json::serialize(boost::json::string(*out.finish_reason)) : "null",
       out.delivered_chunks, out.usage.has_value(), unix_now_us() - ctx.started_us);
-  app.usage.append(r);
-  return r;
+  Recorded done{r.charge, r.prompt_tokens + r.completion_tokens};
+  app.usage.append(std::move(r));
+  return done;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -413,7 +420,7 @@ awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& bu
     s.request_id = ctx.request_id;
     s.charge = rec ? rec->charge : 0;
     s.windows = std::move(ctx.admission->windows);
-    s.actual_tokens = rec ? rec->prompt_tokens + rec->completion_tokens : 0;
+    s.actual_tokens = rec ? rec->tokens : 0;
     s.token_estimate = ctx.admission->token_estimate;
     tc.admitter->settle(std::move(s));
   }
