@@ -58,7 +58,7 @@ struct Config {
   // [usage]
   std::string journal_dir = ".run/journal";
   std::size_t usage_batch_rows = 5000;
-  std::chrono::milliseconds usage_max_delay{20};
+  std::chrono::milliseconds usage_max_delay{100};
 
   /// Reads `path` (if given) then applies the environment overrides. Throws
   /// std::invalid_argument / toml parse errors with the file position.

@@ -441,8 +441,7 @@ void UsageWriter::run() {
     sync_pending();
     {
       std::unique_lock lock(mu_);
-      cv_.wait_for(lock, max_delay_, [&] { return stopping_ || queue_.size() >= batch_rows_; });
-      if (queue_.empty()) {
+      if (!wait_for_batch_locked(lock)) {
         retire_segments_locked();
         if (stopping_) return;
         continue;
@@ -501,6 +500,23 @@ void UsageWriter::run() {
       backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
     }
     batch.clear();
+  }
+}
+
+bool UsageWriter::wait_for_batch_locked(std::unique_lock<std::mutex>& lock) {
+  auto now_due = [&] { return stopping_ || flushing_ > 0 || queue_.size() >= batch_rows_; };
+  for (;;) {
+    if (now_due()) return !queue_.empty();
+    if (queue_.empty()) {
+      cv_.wait_for(lock, max_delay_, now_due);
+      if (queue_.empty()) return false;
+      continue;
+    }
+    // Every waiting thread sees the same deadline; the first to wake takes the batch, the
+    // others find the queue young again and go back to waiting.
+    const auto due = queue_.front().queued_at + max_delay_;
+    if (std::chrono::steady_clock::now() >= due) return true;
+    cv_.wait_until(lock, due, now_due);
   }
 }
 
@@ -830,8 +846,12 @@ void UsageWriter::stop(std::chrono::milliseconds drain_timeout) {
 
 bool UsageWriter::flush(std::chrono::milliseconds timeout) {
   std::unique_lock lock(mu_);
-  cv_.notify_one();
-  return drained_cv_.wait_for(lock, timeout, [&] { return queue_.empty() && in_flight_ == 0 && unsynced_.empty(); });
+  ++flushing_;
+  cv_.notify_all();
+  bool drained =
+      drained_cv_.wait_for(lock, timeout, [&] { return queue_.empty() && in_flight_ == 0 && unsynced_.empty(); });
+  --flushing_;
+  return drained;
 }
 
 UsageWriterStats UsageWriter::stats() const {

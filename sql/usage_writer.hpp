@@ -94,11 +94,14 @@ class UsageWriter {
   /// Opens (and locks) the journal folder and loads leftover segments for replay.
   /// Throws std::runtime_error if the folder cannot be used or is locked by another instance.
   /// `batch_rows`: records per transaction; `max_delay`: the longest a record waits for its
-  /// batch to fill; `connections`: writer threads, each with its own Postgres connection and
-  /// one batch in flight (two overlap one batch's COPY with the other's ledger and commit).
+  /// batch to fill (a batch starts when `batch_rows` are queued or the oldest queued record has
+  /// waited `max_delay`, whichever comes first, so at low rates there is one transaction per
+  /// `max_delay` whatever the number of threads); `connections`: writer threads, each with its
+  /// own Postgres connection and one batch in flight (two overlap one batch's COPY with the
+  /// other's ledger and commit).
   UsageWriter(std::filesystem::path journal_dir, std::string database_url,
               std::size_t batch_rows = 5000,
-              std::chrono::milliseconds max_delay = std::chrono::milliseconds(20),
+              std::chrono::milliseconds max_delay = std::chrono::milliseconds(100),
               std::size_t connections = 2);
   ~UsageWriter();
   UsageWriter(const UsageWriter&) = delete;
@@ -122,6 +125,7 @@ class UsageWriter {
     UsageRecord rec;           ///< as journaled (request_id, user_id, charge only when replayed)
     std::uint64_t segment = 0;
     std::string journal_json;  ///< replayed records only: the journal line, for record_usage()
+    std::chrono::steady_clock::time_point queued_at = std::chrono::steady_clock::now();
   };
   struct Scratch;  ///< the writer thread's reusable buffers (usage_writer.cpp)
   /// Records `batch` by COPY in one transaction and fills `out`; false (rolled back, nothing
@@ -148,6 +152,10 @@ class UsageWriter {
     std::uint64_t bytes = 0;
   };
   void run();
+  /// Waits (mu_ held through `lock`) until a batch is due: `batch_rows` queued, the oldest
+  /// queued record `max_delay` old, flush() waiting, or stopping with records left. False when
+  /// the queue is still empty after an idle `max_delay` (the caller's turn to retire segments).
+  bool wait_for_batch_locked(std::unique_lock<std::mutex>& lock);
   void open_segment_locked();
   void retire_segments_locked();
   void replay_existing();
@@ -168,6 +176,7 @@ class UsageWriter {
   std::uint64_t current_segment_ = 0;
   UsageWriterStats stats_;
   bool stopping_ = false;
+  std::size_t flushing_ = 0;  ///< flush() calls waiting: batches start without waiting to fill
   std::chrono::steady_clock::time_point stop_deadline_{};
   OnCommitted on_committed_;
   std::mutex sync_mu_;             ///< serializes on_committed_ calls; taken before mu_
