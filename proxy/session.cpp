@@ -191,14 +191,14 @@ std::string metrics_text(App& app) {
       "tollgate_admission_total{{result=\"error\"}} {}\ntollgate_admission_total{{result=\"failure_mode_allowed\"}} {}\n"
       "tollgate_active_requests {}\ntollgate_usage_records_appended_total {}\n"
       "tollgate_usage_records_committed_total {}\ntollgate_usage_records_queued {}\n"
-      "tollgate_usage_batch_failures_total {}\n",
+      "tollgate_usage_batch_failures_total {}\ntollgate_usage_records_dead_lettered_total {}\n",
       m.requests.load(), m.responses_2xx.load(), m.responses_4xx.load(), m.responses_5xx.load(),
       m.auth_failures.load(), m.insufficient_balance.load(), m.upstream_errors.load(),
       m.upstream_connect_failures.load(), m.client_aborts.load(), m.streams.load(),
       m.key_cache_hits.load(), m.key_cache_misses.load(), m.key_lookups.load(), m.key_filter_refusals.load(),
       m.admission_ok.load(), m.admission_over_limit.load(),
       m.admission_errors.load(), m.failure_mode_allowed.load(), m.active_requests.load(), u.appended,
-      u.committed, u.queued, u.failures);
+      u.committed, u.queued, u.failures, u.dead_lettered);
 }
 
 /// OpenAI's x-ratelimit-* trio for the tightest request window and the tightest token window.

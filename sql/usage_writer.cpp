@@ -202,6 +202,18 @@ void uuid_array(std::string& out, const std::vector<Uuid>& v) {
   else out.back() = '}';
 }
 
+/// Journal segments are named by number (00000000000000000001.jsonl); dead-letter.jsonl is not one.
+bool is_segment_name(std::string_view stem) {
+  return !stem.empty() && std::all_of(stem.begin(), stem.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+/// SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation, but not 23505:
+/// a request_id recorded meanwhile, which a retry skips) say the batch's data is refused, and
+/// will be on every retry.
+bool refused_for_its_data(const std::string& sqlstate) {
+  return sqlstate.starts_with("22") || (sqlstate.starts_with("23") && sqlstate != "23505");
+}
+
 std::string canonical_uuid(std::string_view s) {
   Uuid u;
   if (!parse_uuid(s, u)) return std::string(s);
@@ -336,7 +348,7 @@ UsageWriter::~UsageWriter() {
 void UsageWriter::replay_existing() {
   std::vector<fs::path> files;
   for (const auto& e : fs::directory_iterator(dir_))
-    if (e.path().extension() == ".jsonl") files.push_back(e.path());
+    if (e.path().extension() == ".jsonl" && is_segment_name(e.path().stem().string())) files.push_back(e.path());
   std::sort(files.begin(), files.end());
   for (const auto& f : files) {
     std::uint64_t id = std::stoull(f.stem().string());
@@ -466,8 +478,7 @@ void UsageWriter::run() {
     Unsynced done;
     try {
       if (!db || !db->healthy()) db = std::make_unique<PgConn>(database_url_, std::chrono::seconds(60));
-      by_copy = record_by_copy(*db, batch, *scratch, done.accounts);
-      if (!by_copy) done.accounts = record_by_sql(*db, batch, *scratch);
+      by_copy = record_isolating(*db, batch, *scratch, done);
       done.segments.reserve(batch.size());
       for (const auto& p : batch) done.segments.push_back(p.segment);
       ok = true;
@@ -561,7 +572,67 @@ void UsageWriter::sync_committed(Unsynced done) {
 
 // ---- recording a batch ----------------------------------------------------------------------
 
-bool UsageWriter::record_by_copy(PgConn& db, const std::vector<Pending>& batch, Scratch& s,
+bool UsageWriter::record_isolating(PgConn& db, std::span<const Pending> batch, Scratch& s, Unsynced& done,
+                                   bool quiet) {
+  try {
+    std::vector<CommittedAccount> accounts;
+    bool by_copy = record_by_copy(db, batch, s, accounts);
+    if (!by_copy) accounts = record_by_sql(db, batch, s);
+    done.accounts.insert(done.accounts.end(), std::make_move_iterator(accounts.begin()),
+                         std::make_move_iterator(accounts.end()));
+    return by_copy;
+  } catch (const PgError& e) {
+    if (!refused_for_its_data(e.sqlstate) || !db.healthy()) throw;
+    if (batch.size() == 1) {
+      dead_letter(batch.front(), e, done);
+      return false;
+    }
+    if (!quiet)
+      spdlog::warn("usage writer: PostgreSQL refused a batch of {} (SQLSTATE {}: {}); recording it in halves to "
+                   "set the refused records apart", batch.size(), e.sqlstate, e.what());
+    const std::size_t half = batch.size() / 2;
+    bool first = record_isolating(db, batch.first(half), s, done, true);
+    bool second = record_isolating(db, batch.subspan(half), s, done, true);
+    return first && second;
+  }
+}
+
+void UsageWriter::dead_letter(const Pending& p, const PgError& why, Unsynced& done) {
+  std::string line = R"({"sqlstate":)";
+  append_json_string(line, why.sqlstate);
+  line += R"(,"error":)";
+  append_json_string(line, why.what());
+  line += R"(,"record":)";
+  if (!p.journal_json.empty()) line += p.journal_json;
+  else p.rec.append_json(line);
+  line += "}\n";
+  {
+    std::lock_guard lock(dead_letter_mu_);
+    int fd = ::open((dir_ / "dead-letter.jsonl").c_str(), O_CREAT | O_WRONLY | O_APPEND | O_CLOEXEC, 0600);
+    // Unwritable: the record stays in the journal and the batch is retried (an error to see).
+    if (fd < 0 || !write_all(fd, line.data(), line.size()) || ::fdatasync(fd) != 0) {
+      if (fd >= 0) ::close(fd);
+      throw PgError(fmt::format("usage writer: cannot write {}: {}", (dir_ / "dead-letter.jsonl").string(),
+                                std::strerror(errno)),
+                    "");
+    }
+    ::close(fd);
+  }
+  spdlog::error("usage writer: PostgreSQL refused usage record {} (SQLSTATE {}: {}); it is in {} for the "
+                "operator, and its charge no longer counts as pending spend", p.rec.request_id, why.sqlstate,
+                why.what(), (dir_ / "dead-letter.jsonl").string());
+  {
+    std::lock_guard lock(mu_);
+    ++stats_.dead_lettered;
+  }
+  // Redis counted the charge as pending spend at settle; Postgres will never have it, so the
+  // sync lets it go (credits and version are left alone: -1 is never newer).
+  Uuid account;
+  if (p.rec.charge > 0 && parse_uuid(p.rec.user_id, account))
+    done.accounts.push_back(CommittedAccount{canonical_uuid(p.rec.user_id), 0, -1, {p.rec.request_id}});
+}
+
+bool UsageWriter::record_by_copy(PgConn& db, std::span<const Pending> batch, Scratch& s,
                                  std::vector<CommittedAccount>& out) {
   constexpr std::int64_t int4_max = std::numeric_limits<std::int32_t>::max();
   constexpr std::int64_t max_created_at_us = 253'402'300'800'000'000;  // 10000-01-01
@@ -791,7 +862,7 @@ bool UsageWriter::record_by_copy(PgConn& db, const std::vector<Pending>& batch, 
   return true;
 }
 
-std::vector<CommittedAccount> UsageWriter::record_by_sql(PgConn& db, const std::vector<Pending>& batch, Scratch& s) {
+std::vector<CommittedAccount> UsageWriter::record_by_sql(PgConn& db, std::span<const Pending> batch, Scratch& s) {
   std::string& payload = s.text;
   payload.clear();
   payload.push_back('[');

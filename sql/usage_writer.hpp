@@ -30,6 +30,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -37,6 +38,7 @@
 namespace tollgate::sql {
 
 class PgConn;
+struct PgError;
 
 /// One usage record (one row of usage_logs + its ledger row), as the journal stores it.
 struct UsageRecord {
@@ -87,6 +89,7 @@ struct UsageWriterStats {
   std::uint64_t queued = 0;
   std::uint64_t copy_batches = 0;      ///< committed batches that took the COPY path
   std::uint64_t fallback_batches = 0;  ///< committed batches recorded by record_usage()
+  std::uint64_t dead_lettered = 0;     ///< records Postgres refused for their data (dead-letter.jsonl)
 };
 
 class UsageWriter {
@@ -130,14 +133,25 @@ class UsageWriter {
   struct Scratch;  ///< the writer thread's reusable buffers (usage_writer.cpp)
   /// Records `batch` by COPY in one transaction and fills `out`; false (rolled back, nothing
   /// recorded) if the batch must go through record_usage() instead. Throws PgError.
-  static bool record_by_copy(PgConn& db, const std::vector<Pending>& batch, Scratch& s,
+  static bool record_by_copy(PgConn& db, std::span<const Pending> batch, Scratch& s,
                              std::vector<CommittedAccount>& out);
   /// Records `batch` with SELECT record_usage(). Throws PgError.
-  static std::vector<CommittedAccount> record_by_sql(PgConn& db, const std::vector<Pending>& batch, Scratch& s);
+  static std::vector<CommittedAccount> record_by_sql(PgConn& db, std::span<const Pending> batch, Scratch& s);
   struct Unsynced {
     std::vector<CommittedAccount> accounts;
     std::vector<std::uint64_t> segments;  ///< one entry per record
   };
+  /// Records `batch` (COPY path, else record_usage()), adding the accounts it touched to `done`;
+  /// true if all of it went the COPY path. A batch Postgres refuses for its data (an integrity
+  /// or data error: a record of a deleted account, a value out of range) is split in halves
+  /// until each refused record stands alone; those go to the dead-letter file and the rest is
+  /// recorded, so one bad record never holds back the others. Throws PgError for anything else
+  /// (connection lost, server down: the whole batch is retried).
+  /// (`quiet`: a half of a refused batch, already logged.)
+  bool record_isolating(PgConn& db, std::span<const Pending> batch, Scratch& s, Unsynced& done, bool quiet = false);
+  /// Appends `p` with the reason Postgres gave to `<journal_dir>/dead-letter.jsonl` (fdatasync'ed)
+  /// and counts it; its charge leaves Redis' pending spend through `done` (Postgres never got it).
+  void dead_letter(const Pending& p, const PgError& why, Unsynced& done);
   bool sync(const Unsynced& u);
   /// Retries unsynced_ in order; true once it is empty. The caller holds sync_mu_.
   bool retry_unsynced_synclocked();
@@ -180,6 +194,7 @@ class UsageWriter {
   std::chrono::steady_clock::time_point stop_deadline_{};
   OnCommitted on_committed_;
   std::mutex sync_mu_;             ///< serializes on_committed_ calls; taken before mu_
+  std::mutex dead_letter_mu_;      ///< serializes dead-letter appends (never with mu_ held)
   std::deque<Unsynced> unsynced_;  ///< changed under sync_mu_ and mu_
   std::vector<std::thread> threads_;
 };

@@ -503,7 +503,7 @@ TEST_CASE("a record whose api key was deleted before its batch is recorded with 
   check_conservation(db, user);
 }
 
-TEST_CASE("usage and credits for an unknown account are refused") {
+TEST_CASE("usage and credits for an unknown account are refused; the writer sets such a record apart") {
   sql::PgConn db(database_url());
   auto ghost = db.exec("SELECT gen_random_uuid()::text").str(0, 0);
   CHECK_THROWS_AS(sql::add_credits(db, ghost, "1", std::nullopt), sql::PgError);
@@ -514,19 +514,54 @@ TEST_CASE("usage and credits for an unknown account are refused") {
   } catch (const sql::PgError& e) {
     CHECK(e.sqlstate == "23503");
   }
-  // The writer keeps the record (journal) and keeps retrying; nothing reaches the tables.
+  // In a batch with records of a live account, the unknown account's record is set apart in
+  // dead-letter.jsonl (fsync'ed, with the SQLSTATE) and the others are recorded, whatever their
+  // place in the batch: one bad record never holds back the rest.
+  auto user = funded_account(db, "1");
+  std::vector<sql::UsageRecord> good;
+  for (int i = 0; i < 37; ++i) good.push_back(usage(user, unique("req_"), 1000 + i));
   auto dir = journal_dir();
+  Hooked hook;
   {
     sql::UsageWriter w(dir, database_url(), 100, 5ms);
+    hook.attach(w);
+    for (std::size_t i = 0; i < good.size(); ++i) {
+      if (i == 23) w.append(r);  // inside the batch, neither first nor last
+      w.append(good[i]);
+    }
     w.start();
-    w.append(r);
-    CHECK_FALSE(w.flush(300ms));
-    w.stop(0ms);
-    CHECK(w.stats().committed == 0);
-    CHECK(w.stats().failures >= 1);
+    REQUIRE(w.flush(30s));
+    w.stop();
+    CHECK(w.stats().committed == good.size() + 1);  // every record is done with: 37 rows + 1 set apart
+    CHECK(w.stats().dead_lettered == 1);
   }
   CHECK(count(db, "SELECT count(*) FROM usage_logs WHERE user_id = $1::uuid", ghost) == 0);
   CHECK(count(db, "SELECT count(*) FROM credit_transactions WHERE user_id = $1::uuid", ghost) == 0);
+  CHECK(count(db, "SELECT count(*) FROM usage_logs WHERE user_id = $1::uuid", user) == 37);
+  check_conservation(db, user);
+  CHECK(micros_balance(db, user) == 1'000'000 - (37 * 1000 + 36 * 37 / 2));
+  // The hook lets the refused charge go from Redis' pending spend, without touching credits.
+  CHECK(hook.charged(ghost) == std::multiset<std::string>{r.request_id});
+  CHECK(hook.charged(user).size() == 37);
+  {
+    std::lock_guard lock(hook.mu);
+    for (const auto& a : hook.accounts)
+      if (a.account == ghost) CHECK(a.version == -1);
+  }
+  // The dead letter: one JSON line with the reason and the record as journaled.
+  std::ifstream in(dir / "dead-letter.jsonl");
+  std::string line, extra;
+  REQUIRE(std::getline(in, line));
+  CHECK_FALSE(std::getline(in, extra));
+  CHECK(line.find(R"("sqlstate":"23503")") != std::string::npos);
+  CHECK(line.find(r.request_id) != std::string::npos);
+  CHECK(line.find(ghost) != std::string::npos);
+  // Journal segments are retired; a restart does not replay anything, the dead letter stays.
+  {
+    sql::UsageWriter again(dir, database_url(), 100, 5ms);
+    CHECK(again.stats().replayed == 0);
+  }
+  CHECK(std::filesystem::exists(dir / "dead-letter.jsonl"));
   std::filesystem::remove_all(dir);
 }
 
