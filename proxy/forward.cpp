@@ -46,6 +46,22 @@ awaitable<beast::error_code> write_now(beast::tcp_stream& client, const Buffers&
   co_return wec;
 }
 
+/// Runs the bytes already in `upbuf` through the parser, without I/O, while its body buffer has
+/// room. Beast's read_some stops at each chunk boundary; without this, SSE events that arrived in
+/// one read (an upstream's headers, a comment and the first token, say) would go to the client in
+/// as many writes, each waking it.
+template <class Parser>
+beast::error_code parse_buffered(Parser& p, beast::flat_buffer& upbuf) {
+  beast::error_code ec;
+  while (!p.is_done() && upbuf.size() > 0 && p.get().body().size > 0) {
+    std::size_t used = p.put(upbuf.data(), ec);
+    upbuf.consume(used);
+    if (ec == http::error::need_more || ec == http::error::need_buffer) return {};
+    if (ec || used == 0) break;
+  }
+  return ec;
+}
+
 /// Decides, per SSE event, what billing learns from it and whether the client gets it.
 bool inspect_event(std::string_view ev, const RequestCtx& ctx, Outcome& out) {
   std::string data = wire::event_data(ev);
@@ -164,6 +180,7 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
     beast::get_lowest_layer(up).expires_after(cfg.upstream_idle_timeout);
     auto [ec, n] = co_await http::async_read_some(up, upbuf, bp, tuple_awaitable);
     if (ec == http::error::need_buffer) ec = {};
+    if (!ec) ec = parse_buffered(bp, upbuf);
     if (ec) {
       out.upstream_aborted = true;
       spdlog::warn("{}: upstream stream ended early: {}", ctx.request_id, ec.message());

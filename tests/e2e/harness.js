@@ -186,6 +186,7 @@ export class Harness {
     this.markupPercent = '25';
     this.upstreamKey = `sk-or-upstream-${randomSuffix(16)}`;
     this.children = [];
+    this.proxies = [];
     this.tmpDirs = [];
     this.emails = [];
   }
@@ -229,6 +230,7 @@ export class Harness {
     const child = new Child(name, TOLLGATE_BIN, [...args, 'serve', '--port-file', portFile], env);
     this.children.push(child);
     const port = await child.ready(portFile, '/healthz');
+    this.proxies.push({ child, url: `http://127.0.0.1:${port}` });
     // serve announces itself; the line may trail the port file by a moment.
     const deadline = Date.now() + 2000;
     while (!/tollgate listening on/.test(child.log) && Date.now() < deadline) await sleep(20);
@@ -324,8 +326,32 @@ export class Harness {
     }
   }
 
-  /** Balance of an account (uuid) in BigInt micros. */
+  /**
+   * Waits (up to `ms`) until every running tollgate of this harness has committed all the usage
+   * it journaled (`tollgate_usage_records_queued 0` in /metrics): its writer batches for up to
+   * usage.max_delay_ms, so a balance read earlier could still change under a test.
+   */
+  async settled(ms = 10_000) {
+    const deadline = Date.now() + ms;
+    for (const p of this.proxies) {
+      for (;;) {
+        let queued = 0;
+        try {
+          const text = await (await fetch(`${p.url}/metrics`)).text();
+          queued = Number(/^tollgate_usage_records_queued (\d+)$/m.exec(text)?.[1] ?? 0);
+        } catch {
+          break; // stopped or killed: its journal is replayed by whoever restarts it
+        }
+        if (queued === 0) break;
+        if (Date.now() > deadline) throw new Error(`${p.url}: ${queued} usage record(s) still queued after ${ms} ms`);
+        await sleep(10);
+      }
+    }
+  }
+
+  /** Balance of an account (uuid) in BigInt micros, once the usage sent so far is recorded. */
   async balance(userId) {
+    await this.settled();
     return toMicros(await psql(`SELECT credits::text FROM balances WHERE user_id = ${lit(userId)}`));
   }
 
