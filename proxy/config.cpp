@@ -97,6 +97,8 @@ Config Config::load(const std::optional<std::string>& path) {
     if (m == "closed") c.admission.failure_mode = ratelimit::FailureMode::fail_closed;
   }
   c.upstream = parse_upstream_url(c.upstream_url_text);
+  if (c.upstream_key.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)
+    throw std::invalid_argument("upstream.key must not hold CR, LF or NUL (it goes into an HTTP header)");
   if (c.prompt_bytes_per_token < 1) throw std::invalid_argument("billing.prompt_bytes_per_token must be >= 1");
   if (c.admission.timeout.count() < 1) throw std::invalid_argument("admission.timeout_ms must be >= 1");
   if (c.default_max_tokens < 1) throw std::invalid_argument("billing.default_max_tokens must be >= 1");

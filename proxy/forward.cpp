@@ -1,11 +1,14 @@
 #include "proxy/forward.hpp"
 
+#include "proxy/http_head.hpp"
+
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/buffers_suffix.hpp>
 #include <boost/beast/http.hpp>
 #include <spdlog/spdlog.h>
 
-#include <sstream>
+#include <array>
+#include <optional>
 
 namespace tollgate {
 namespace http = beast::http;
@@ -13,20 +16,21 @@ using net::awaitable;
 
 namespace {
 
-/// Headers every relayed response carries: request id, rate-limit headers, generation id.
-template <class Message>
-void set_client_headers(Message& m, const RequestCtx& ctx, const Outcome& out) {
-  m.set("x-request-id", ctx.request_id);
-  for (const auto& [k, v] : ctx.headers) m.set(k, v);
-  if (out.generation_id) m.set("x-generation-id", *out.generation_id);
-  m.keep_alive(ctx.client_keep_alive);
-}
-
-/// The status line and header fields of a response, as sent on the wire.
-std::string serialize_header(const http::response<http::empty_body>& head) {
-  std::ostringstream os;
-  os << head.base();
-  return std::move(os).str();
+/// The head of a relayed response: status, Content-Type, our headers (request id, rate limits,
+/// generation id), `extra` fields, then Content-Length (or chunked) and Connection.
+std::string client_head(int status, std::string_view content_type, const RequestCtx& ctx, const Outcome& out,
+                        std::optional<std::size_t> content_length, std::string_view retry_after = {}) {
+  std::string h;
+  h.reserve(320);
+  http_head::status_line(h, static_cast<unsigned>(status));
+  http_head::field(h, "Content-Type", content_type);
+  if (!content_length) http_head::field(h, "Cache-Control", "no-cache");
+  http_head::field(h, "x-request-id", ctx.request_id);
+  for (const auto& [k, v] : ctx.headers) http_head::field(h, k, v);
+  if (out.generation_id) http_head::field(h, "x-generation-id", *out.generation_id);
+  if (!retry_after.empty()) http_head::field(h, "Retry-After", retry_after);
+  http_head::finish(h, content_length, ctx.client_keep_alive);
+  return h;
 }
 
 /// Writes `buffers` to the client right away when the socket takes them all (the usual case: a
@@ -92,19 +96,33 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
                                       App& app, RequestCtx& ctx, Outcome& out, bool& upstream_reusable) {
   const Config& cfg = app.cfg;
   upstream_reusable = false;
-  http::request<http::string_body> req{http::verb::post, cfg.upstream.base_path + std::string(ctx.upstream_path), 11};
+  std::string body = wire::upstream_body(ctx.body, ctx.endpoint, ctx.req, ctx.default_cap);
+  std::string head;
+  head.reserve(256 + cfg.upstream_key.size());
+  http_head::request_line(head, "POST", cfg.upstream.base_path, ctx.upstream_path);
   bool default_port = cfg.upstream.port == (cfg.upstream.tls ? "443" : "80");
-  req.set(http::field::host, default_port ? cfg.upstream.host : cfg.upstream.host + ":" + cfg.upstream.port);
-  if (!cfg.upstream_key.empty()) req.set(http::field::authorization, "Bearer " + cfg.upstream_key);
-  req.set(http::field::content_type, "application/json");
-  req.set(http::field::accept, ctx.client_accept.empty() ? "application/json" : ctx.client_accept);
-  req.set(http::field::user_agent, "tollgate/0.1");
-  req.keep_alive(true);
-  req.body() = wire::upstream_body(ctx.body, ctx.endpoint, ctx.req, ctx.default_cap);
-  req.prepare_payload();
+  if (default_port) {
+    http_head::field(head, "Host", cfg.upstream.host);
+  } else {
+    head += "Host: ";
+    head += cfg.upstream.host;
+    head += ':';
+    head += cfg.upstream.port;
+    head += "\r\n";
+  }
+  if (!cfg.upstream_key.empty()) {
+    head += "Authorization: Bearer ";
+    head += cfg.upstream_key;
+    head += "\r\n";
+  }
+  http_head::field(head, "Content-Type", "application/json");
+  http_head::field(head, "Accept", ctx.client_accept.empty() ? "application/json" : ctx.client_accept);
+  http_head::field(head, "User-Agent", "tollgate/0.1");
+  http_head::finish(head, body.size(), true);
 
   beast::get_lowest_layer(up).expires_after(cfg.upstream_response_timeout);
-  auto [send_ec, sent] = co_await http::async_write(up, req, tuple_awaitable);
+  std::array<net::const_buffer, 2> request{net::buffer(head), net::buffer(body)};
+  auto [send_ec, sent] = co_await net::async_write(up, request, tuple_awaitable);
   if (send_ec) co_return send_ec;
   out.reached_upstream = true;
 
@@ -134,16 +152,13 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
       ++app.metrics.upstream_errors;
     }
     upstream_reusable = res.keep_alive();
-    http::response<http::string_body> to_client{res.result(), 11};
-    to_client.set(http::field::content_type, content_type.empty() ? "application/json" : content_type);
-    set_client_headers(to_client, ctx, out);
-    if (auto ra = res[http::field::retry_after]; !ra.empty()) to_client.set(http::field::retry_after, ra);
-    to_client.body() = std::move(res.body());
-    to_client.prepare_payload();
+    std::string to_client = client_head(out.status, content_type.empty() ? "application/json" : content_type, ctx,
+                                        out, res.body().size(), res[http::field::retry_after]);
     count_status(app, out.status);
     client.expires_after(client_write_timeout);
     out.client_started = true;
-    auto [reply_ec, reply_n] = co_await http::async_write(client, to_client, tuple_awaitable);
+    std::array<net::const_buffer, 2> reply{net::buffer(to_client), net::buffer(res.body())};
+    auto [reply_ec, reply_n] = co_await net::async_write(client, reply, tuple_awaitable);
     if (reply_ec) out.client_aborted = true;
     co_return beast::error_code{};
   }
@@ -153,12 +168,7 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
   // in one write (the client sees its first token one wake-up sooner).
   ++app.metrics.streams;
   http::response_parser<http::buffer_body> bp{std::move(hp)};
-  http::response<http::empty_body> head{static_cast<http::status>(out.status), 11};
-  head.set(http::field::content_type, content_type);
-  head.set(http::field::cache_control, "no-cache");
-  set_client_headers(head, ctx, out);
-  head.chunked(true);
-  std::string head_bytes = serialize_header(head);
+  std::string head_bytes = client_head(out.status, content_type, ctx, out, std::nullopt);
   count_status(app, out.status);
   client.expires_after(client_write_timeout);
   out.client_started = true;

@@ -1,10 +1,13 @@
 #include "proxy/request.hpp"
 
+#include "proxy/http_head.hpp"
+
 #include <boost/asio/write.hpp>
 #include <boost/beast/http.hpp>
 #include <fmt/format.h>
 #include <openssl/rand.h>
 
+#include <array>
 #include <random>
 
 namespace tollgate {
@@ -37,16 +40,17 @@ void count_status(App& app, int status) {
 
 awaitable<bool> reply(beast::tcp_stream& client, App& app, const RequestCtx& ctx, http::status status,
                       std::string body, bool keep_alive) {
-  http::response<http::string_body> res{status, 11};
-  res.set(http::field::content_type, "application/json");
-  res.set("x-request-id", ctx.request_id);
-  for (const auto& [k, v] : ctx.headers) res.set(k, v);
-  res.keep_alive(keep_alive);
-  res.body() = std::move(body);
-  res.prepare_payload();
+  std::string head;
+  head.reserve(256);
+  http_head::status_line(head, static_cast<unsigned>(status));
+  http_head::field(head, "Content-Type", "application/json");
+  http_head::field(head, "x-request-id", ctx.request_id);
+  for (const auto& [k, v] : ctx.headers) http_head::field(head, k, v);
+  http_head::finish(head, body.size(), keep_alive);
   count_status(app, static_cast<int>(status));
   client.expires_after(client_write_timeout);
-  auto [ec, n] = co_await http::async_write(client, res, tuple_awaitable);
+  std::array<net::const_buffer, 2> message{net::buffer(head), net::buffer(body)};
+  auto [ec, n] = co_await net::async_write(client, message, tuple_awaitable);
   co_return !ec && keep_alive;
 }
 
