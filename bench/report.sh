@@ -69,6 +69,8 @@ def max_goal($name; $target; $unit; $v):
 "",
 "Systems, one load at a time, all on 127.0.0.1 against the same stub upstreams (`tollgate-stub --threads 1`):",
 "**direct** (client → stub), **nginx** \($meta.nginx) (`proxy_pass`, upstream keep-alive, one worker: the plain-proxy ceiling), **Portkey** gateway \($meta.portkey) (node \($meta.node), one process), and **tollgate** with the full pipeline (API-key auth, admission: rate limits + balance hold in Redis, pricing, usage recorded in PostgreSQL) on **one event-loop thread**" + (if ($systems | index("tollgate-2t")) then "; **tollgate 2 threads** (`server.threads = 2`: max throughput" + (if $meta.mode == "full" then " and every plain scenario" else "" end) + ")" else "" end) + ".",
+(if $meta.redis == "unix" then "tollgate reaches Redis over a Unix socket (co-located), PostgreSQL over loopback TCP."
+ else "tollgate reaches Redis and PostgreSQL over loopback TCP." end),
 "Load: `tollgate-loadgen` (open loop: fixed schedule, latency from the scheduled send time; \($meta.connections) connections) and `wrk \($meta.wrk)` (`-t1 -c16`, POST script) for the closed-loop maximum. " +
 "Run lengths: concurrency 1 \($meta.d_c1) s, max \($meta.d_max) s, each rate \($meta.d_rate) s, streams \($meta.d_stream) s.",
 "",

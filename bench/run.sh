@@ -30,7 +30,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd -P)
 started_at=$(date +%s)
 # The full pipeline, whatever the caller's environment says.
-unset TOLLGATE_ADMISSION TOLLGATE_LISTEN TOLLGATE_UPSTREAM_URL TOLLGATE_UPSTREAM_KEY TOLLGATE_JOURNAL_DIR
+unset TOLLGATE_ADMISSION TOLLGATE_LISTEN TOLLGATE_UPSTREAM_URL TOLLGATE_UPSTREAM_KEY TOLLGATE_JOURNAL_DIR TOLLGATE_REDIS_SOCKET
 abspath() { case $1 in /*) echo "$1" ;; *) echo "$caller_pwd/$1" ;; esac; }
 
 mode=quick build=1 install=1 portkey=auto bin_dir="" tools_dir="" out="" only="" perf=0
@@ -227,6 +227,9 @@ log "starting PostgreSQL and Redis (deploy/local/services.sh, $state/svc)"
 bash deploy/local/services.sh start "$state/svc" >/dev/null
 # shellcheck disable=SC1091
 source "$state/svc/env"
+# tollgate reaches the co-located Redis over its Unix socket (PostgreSQL over loopback TCP).
+redis_via=tcp
+if [ -n "${TOLLGATE_REDIS_SOCKET:-}" ]; then export TOLLGATE_REDIS_URL=unix://$TOLLGATE_REDIS_SOCKET; redis_via=unix; fi
 svc_data=$state/svc; [ -L "$state/svc/data" ] && svc_data=$(readlink "$state/svc/data")
 q() { psql -X -q -A -t -v ON_ERROR_STOP=1 "$TOLLGATE_DATABASE_URL" "$@"; }
 "$TG" migrate >"$out/logs/migrate.log"
@@ -768,12 +771,13 @@ jq -n --arg mode "$mode" --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg cpu "
   --argjson stream_interval "$STREAM_INTERVAL" --argjson idle "$IDLE" --argjson hold "$HOLD" --argjson conns "$CONNS" \
   --argjson d_c1 "$D_C1" --argjson d_max "$D_MAX" --argjson d_rate "$D_RATE" --argjson d_stream "$D_STREAM" \
   --argjson elapsed "$elapsed" --argjson failures "$failures_json" --arg systems "${systems[*]}" \
-  --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg idle_note "$idle_note" --arg args "${orig_args:---quick}" \
+  --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg idle_note "$idle_note" --arg args "${orig_args:---quick}" --arg redis "$redis_via" \
   '{mode:$mode, date:$date, cpu:$cpu, cores:$cores, kernel:$kernel, nginx:$nginx, wrk:$wrk, node:$node,
     portkey:$portkey, rates:($rates | split(" ") | map(tonumber)), stream_rate:$stream_rate,
     stream_chunks:$stream_chunks, stream_interval_ms:$stream_interval, idle_streams:$idle, hold_s:$hold,
     connections:$conns, d_c1:$d_c1, d_max:$d_max, d_rate:$d_rate, d_stream:$d_stream,
-    elapsed_s:$elapsed, functional_failures:$failures, systems:($systems | split(" ")), loadavg_end:$load, idle_note:$idle_note, args:$args}' >"$out/meta.json"
+    elapsed_s:$elapsed, functional_failures:$failures, systems:($systems | split(" ")), loadavg_end:$load, idle_note:$idle_note, args:$args,
+    redis:$redis}' >"$out/meta.json"
 bash "$ROOT/bench/report.sh" "$out" >/dev/null || die "report generation failed"
 if [ "$mode" != smoke ] && [[ $out == "$ROOT/bench/results/"* ]]; then ln -sfn "$(basename "$out")" "$ROOT/bench/results/latest"; fi
 

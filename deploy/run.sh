@@ -2,8 +2,9 @@
 # The run command (README): installs what is missing, builds, starts PostgreSQL and Redis as
 # unprivileged processes under .run/local, migrates, seeds demo prices/rule/account/key, starts
 # the stub upstream (or uses OpenRouter when TOLLGATE_UPSTREAM_KEY is set), and serves on
-# 127.0.0.1:8080 (TOLLGATE_LISTEN to change). Ctrl-C stops tollgate and the stub; the
-# databases keep running (deploy/local/services.sh stop .run/local stops them).
+# 127.0.0.1:8080 (TOLLGATE_LISTEN to change), reaching Redis over its Unix socket. Ctrl-C stops
+# tollgate and the stub; the databases keep running (deploy/local/services.sh stop .run/local
+# stops them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,8 +12,12 @@ bash deploy/install-deps.sh
 bash deploy/build.sh
 state=.run/local
 bash deploy/local/services.sh start "$state" >/dev/null
+unset TOLLGATE_REDIS_SOCKET   # only the one services.sh writes
 # shellcheck disable=SC1091
 source "$state/env"
+# Redis runs on this machine: tollgate reaches it over its Unix socket (faster than loopback TCP)
+# when services.sh made one, else over TCP.
+if [ -n "${TOLLGATE_REDIS_SOCKET:-}" ]; then export TOLLGATE_REDIS_URL=unix://$TOLLGATE_REDIS_SOCKET; fi
 tg=build/bin/tollgate
 $tg migrate
 

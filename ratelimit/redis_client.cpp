@@ -32,6 +32,7 @@
 
 #include <strings.h>
 #include <sys/time.h>
+#include <sys/un.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -92,7 +93,7 @@ int hex_digit(char c) {
   return -1;
 }
 
-std::string percent_decode(std::string_view s, const std::string& url) {
+std::string percent_decode(std::string_view s, const std::string& url, const char* where = "the user information") {
   std::string out;
   out.reserve(s.size());
   for (size_t i = 0; i < s.size(); ++i) {
@@ -102,7 +103,7 @@ std::string percent_decode(std::string_view s, const std::string& url) {
     }
     int hi = i + 2 < s.size() ? hex_digit(s[i + 1]) : -1;
     int lo = i + 2 < s.size() ? hex_digit(s[i + 2]) : -1;
-    if (hi < 0 || lo < 0) bad_url(url, "bad percent-encoding in the user information");
+    if (hi < 0 || lo < 0) bad_url(url, fmt::format("bad percent-encoding in {}", where));
     out += static_cast<char>(hi * 16 + lo);
     i += 2;
   }
@@ -117,13 +118,75 @@ int parse_int(std::string_view s, int min, int max, const std::string& url, cons
   return v;
 }
 
+bool has_scheme(const std::string& url, std::string_view scheme) {
+  return url.size() >= scheme.size() && strncasecmp(url.c_str(), scheme.data(), scheme.size()) == 0;
+}
+
+/// Removes "[user]:password@" from the front of `authority` (up to its last '@') into `out`.
+void take_userinfo(std::string_view& authority, RedisUrl& out, const std::string& url) {
+  auto at = authority.rfind('@');
+  if (at == std::string_view::npos) return;
+  auto userinfo = authority.substr(0, at);
+  authority.remove_prefix(at + 1);
+  auto colon = userinfo.find(':');
+  if (colon == std::string_view::npos) bad_url(url, "user information must be [user]:password");
+  out.username = percent_decode(userinfo.substr(0, colon), url);
+  out.password = percent_decode(userinfo.substr(colon + 1), url);
+  if (out.password.empty()) bad_url(url, "empty password");
+}
+
+/// hiredis copies the path into sockaddr_un::sun_path with strncpy, silently cutting it there.
+constexpr size_t max_socket_path = sizeof(sockaddr_un::sun_path) - 1;
+
+/// unix://[[user]:password@]/absolute/path/to/redis.sock[?db=N]; `rest` follows "unix://".
+RedisUrl parse_unix_url(const std::string& url, std::string_view rest) {
+  RedisUrl out;
+  out.host.clear();
+  out.port = 0;
+  if (rest.find('#') != std::string_view::npos) bad_url(url, "fragments are not supported");
+  auto qmark = rest.find('?');
+  std::string_view query = qmark == std::string_view::npos ? std::string_view() : rest.substr(qmark + 1);
+  if (qmark != std::string_view::npos && query.empty()) bad_url(url, "empty query string");
+  rest = rest.substr(0, qmark);
+
+  auto slash = rest.find('/');
+  std::string_view authority = rest.substr(0, slash);
+  std::string_view path = slash == std::string_view::npos ? std::string_view() : rest.substr(slash);
+  take_userinfo(authority, out, url);
+  if (!authority.empty())  // unix://redis.sock, unix://host/path, unix://:pw@run/redis.sock
+    bad_url(url, "the socket path must be absolute: unix:///path/to/redis.sock");
+  if (path.empty()) bad_url(url, "missing socket path: unix:///path/to/redis.sock");
+  out.socket_path = percent_decode(path, url, "the socket path");
+  if (out.socket_path.find('\0') != std::string::npos) bad_url(url, "the socket path contains a NUL byte");
+  if (out.socket_path.size() > max_socket_path)
+    bad_url(url, fmt::format("the socket path is {} bytes long; a Unix socket path can have at most {}",
+                             out.socket_path.size(), max_socket_path));
+
+  bool have_db = false;
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    std::string_view param = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    auto eq = param.find('=');
+    std::string_view name = param.substr(0, eq);
+    std::string_view value = eq == std::string_view::npos ? std::string_view() : param.substr(eq + 1);
+    if (name != "db") bad_url(url, fmt::format("unsupported query parameter '{}' (only db=N is)", name));
+    if (have_db) bad_url(url, "db given more than once");
+    out.db = parse_int(value, 0, INT_MAX, url, "database number");
+    have_db = true;
+  }
+  return out;
+}
+
 }  // namespace
 
 RedisUrl parse_redis_url(const std::string& url) {
-  constexpr std::string_view scheme = "redis://";
-  if (url.size() < scheme.size() || strncasecmp(url.c_str(), scheme.data(), scheme.size()) != 0) {
+  constexpr std::string_view scheme = "redis://", unix_scheme = "unix://";
+  if (has_scheme(url, unix_scheme)) return parse_unix_url(url, std::string_view(url).substr(unix_scheme.size()));
+  if (!has_scheme(url, scheme)) {
     if (strncasecmp(url.c_str(), "rediss://", 9) == 0) bad_url(url, "TLS (rediss://) is not supported");
-    bad_url(url, "expected redis://[[user]:password@]host[:port][/db]");
+    bad_url(url, "expected redis://[[user]:password@]host[:port][/db] or "
+                 "unix://[[user]:password@]/path/to/redis.sock[?db=N]");
   }
   std::string_view rest(url);
   rest.remove_prefix(scheme.size());
@@ -134,15 +197,7 @@ RedisUrl parse_redis_url(const std::string& url) {
   std::string_view path = slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
   if (path.find_first_of("?#") != std::string_view::npos) bad_url(url, "query strings are not supported");
 
-  if (auto at = authority.rfind('@'); at != std::string_view::npos) {
-    auto userinfo = authority.substr(0, at);
-    authority.remove_prefix(at + 1);
-    auto colon = userinfo.find(':');
-    if (colon == std::string_view::npos) bad_url(url, "user information must be [user]:password");
-    out.username = percent_decode(userinfo.substr(0, colon), url);
-    out.password = percent_decode(userinfo.substr(colon + 1), url);
-    if (out.password.empty()) bad_url(url, "empty password");
-  }
+  take_userinfo(authority, out, url);
 
   std::string_view port;
   if (!authority.empty() && authority.front() == '[') {
@@ -206,7 +261,7 @@ struct Link : std::enable_shared_from_this<Link> {
   redisAsyncContext* ac_ = nullptr;  ///< null once freed: the Link is dead
   net::posix::stream_descriptor sd_;  ///< not owning: hiredis closes the fd
   net::steady_timer connect_timer_;
-  std::string where_;  ///< host:port, for logs
+  std::string where_;  ///< host:port or unix:/path, for logs
   Clock::time_point started_;
   bool want_read_ = false, want_write_ = false;        // what hiredis asked for
   bool read_waiting_ = false, write_waiting_ = false;  // an async_wait is pending
@@ -461,6 +516,22 @@ int send_argv(redisAsyncContext* ac, redisCallbackFn* fn, void* privdata, const 
   return redisAsyncCommandArgv(ac, fn, privdata, static_cast<int>(argv.size()), ptrs.data(), lens.data());
 }
 
+/// "host:port" or "unix:/path/to/redis.sock", for logs and error texts.
+std::string endpoint(const RedisUrl& u) {
+  return u.socket_path.empty() ? fmt::format("{}:{}", u.host, u.port) : "unix:" + u.socket_path;
+}
+
+/// The error for a connect that failed synchronously: hiredis' error type and the errno it left.
+/// A Unix socket path with no file behind it (ENOENT: Redis is not running, or not with that
+/// unixsocket) is connection_refused, like a TCP port nobody listens on; a stale socket file
+/// left by a Redis that died gives ECONNREFUSED by itself.
+error_code connect_error(int redis_err, int saved_errno, bool unix_socket) {
+  if (redis_err == REDIS_ERR_IO && saved_errno == ENOENT && unix_socket) return net::error::connection_refused;
+  if (redis_err == REDIS_ERR_IO && saved_errno) return error_code(saved_errno, boost::system::system_category());
+  if (redis_err == REDIS_ERR_OTHER) return net::error::host_not_found;
+  return net::error::not_connected;
+}
+
 }  // namespace
 
 struct RedisConnection::Impl {
@@ -473,7 +544,7 @@ struct RedisConnection::Impl {
 
   Impl(net::any_io_executor ex, RedisUrl url, std::chrono::milliseconds ct, std::chrono::milliseconds rb)
       : ex_(std::move(ex)), url_(std::move(url)), connect_timeout_(ct), reconnect_backoff_(rb),
-        where_(fmt::format("{}:{}", url_.host, url_.port)) {}
+        where_(endpoint(url_)) {}
 
   ~Impl() {
     if (link_) link_->drop(net::error::operation_aborted, "connection closed");
@@ -491,16 +562,16 @@ struct RedisConnection::Impl {
     auto l = std::make_shared<Link>(ex_, where_);
     link_ = l;
     errno = 0;
-    redisAsyncContext* ac = redisAsyncConnect(url_.host.c_str(), url_.port);
+    const bool unix_socket = !url_.socket_path.empty();
+    redisAsyncContext* ac = unix_socket ? redisAsyncConnectUnix(url_.socket_path.c_str())
+                                        : redisAsyncConnect(url_.host.c_str(), url_.port);
     int saved = errno;
     if (!ac) {
       l->fail(net::error::no_memory, "cannot allocate a hiredis context");
       return l->failure_;
     }
-    if (ac->err) {  // failed synchronously (e.g. refused on loopback, name lookup failed)
-      error_code ec = ac->err == REDIS_ERR_IO && saved ? error_code(saved, boost::system::system_category())
-                      : ac->err == REDIS_ERR_OTHER   ? error_code(net::error::host_not_found)
-                                                     : error_code(net::error::not_connected);
+    if (ac->err) {  // failed synchronously (e.g. refused on loopback, name lookup failed, no socket file)
+      error_code ec = connect_error(ac->err, saved, unix_socket);
       l->fail(ec, ac->errstr);
       redisAsyncFree(ac);
       spdlog::warn("redis {}: connect failed: {}", where_, l->failure_text_);
@@ -644,23 +715,25 @@ bool RedisSyncClient::connect() {
   timeval tv{};
   tv.tv_sec = static_cast<time_t>(timeout_.count() / 1000);
   tv.tv_usec = static_cast<suseconds_t>((timeout_.count() % 1000) * 1000);
-  std::unique_ptr<redisContext, ContextDeleter> c(redisConnectWithTimeout(url_.host.c_str(), url_.port, tv));
+  std::unique_ptr<redisContext, ContextDeleter> c(
+      url_.socket_path.empty() ? redisConnectWithTimeout(url_.host.c_str(), url_.port, tv)
+                               : redisConnectUnixWithTimeout(url_.socket_path.c_str(), tv));
   if (!c) {
     last_error_ = "cannot allocate a hiredis context";
     return false;
   }
   if (c->err || redisSetTimeout(c.get(), tv) != REDIS_OK) {
-    last_error_ = fmt::format("connect to {}:{}: {}", url_.host, url_.port, c->errstr);
+    last_error_ = fmt::format("connect to {}: {}", endpoint(url_), c->errstr);
     return false;
   }
   auto handshake = [&](const std::vector<std::string>& argv, const char* what) {
     ReplyPtr r(sync_argv(c.get(), argv));
     if (!r) {
-      last_error_ = fmt::format("{} on {}:{}: {}", what, url_.host, url_.port, c->errstr);
+      last_error_ = fmt::format("{} on {}: {}", what, endpoint(url_), c->errstr);
       return false;
     }
     if (r->type == REDIS_REPLY_ERROR) {
-      last_error_ = fmt::format("{} refused by {}:{}: {}", what, url_.host, url_.port, std::string_view(r->str, r->len));
+      last_error_ = fmt::format("{} refused by {}: {}", what, endpoint(url_), std::string_view(r->str, r->len));
       return false;
     }
     return true;
@@ -684,7 +757,7 @@ std::optional<RedisReply> RedisSyncClient::command(const std::vector<std::string
   if (!ctx_ && !connect()) return std::nullopt;
   ReplyPtr r(sync_argv(ctx_.get(), argv));
   if (!r) {  // I/O error or timeout: the stream is out of step, start over next time
-    last_error_ = fmt::format("{} on {}:{}: {}", argv.front(), url_.host, url_.port, ctx_->errstr);
+    last_error_ = fmt::format("{} on {}: {}", argv.front(), endpoint(url_), ctx_->errstr);
     ctx_.reset();
     return std::nullopt;
   }

@@ -9,9 +9,12 @@
 #   services.sh destroy DIR        stop both and delete their data
 #
 # DIR/env is sourceable: TOLLGATE_DATABASE_URL, TOLLGATE_REDIS_URL, TOLLGATE_PG_PORT,
-# TOLLGATE_REDIS_PORT, TOLLGATE_PG_BIN. Data lives in DIR/{pg,redis,log,run}. As root the servers
-# run as system user "tollgate"; if that user cannot traverse DIR (e.g. under /root), the data
-# goes to /tmp/tollgate-<hash of DIR> and DIR/data is a symlink to it.
+# TOLLGATE_REDIS_PORT, TOLLGATE_PG_BIN, and TOLLGATE_REDIS_SOCKET: Redis also listens on the Unix
+# socket DIR/redis/redis.sock (mode 700: the service user and root), for a co-located tollgate
+# (unix://$TOLLGATE_REDIS_SOCKET); unset if that path is too long for a socket. Data lives in
+# DIR/{pg,redis,log,run}. As root the servers run as system user "tollgate"; if that user cannot
+# traverse DIR (e.g. under /root), the data goes to /tmp/tollgate-<hash of DIR> and DIR/data is
+# a symlink to it.
 set -euo pipefail
 
 PGBIN=/usr/lib/postgresql/15/bin
@@ -59,6 +62,10 @@ setup() {
   [[ $(stat -c %U "$R/run") == "$me" && ( $R == "$DIR" || $(stat -c %U "$R") == "$me" ) ]] \
     || die "$R or $R/run is not owned by $me; remove it"
   PGD=$R/pg; PGLOG=$R/log/postgres.log; RLOG=$R/log/redis.log; RPID=$R/run/redis.pid
+  # Redis' Unix socket, in its data folder: the service user creates it there; root, or the same
+  # user when not root, connects. sun_path holds 107 bytes.
+  RSOCK=$R/redis/redis.sock
+  if (( ${#RSOCK} > 107 )); then log "$RSOCK is too long for a Unix socket; redis listens on TCP only"; RSOCK=""; fi
   OLD_PG=""; OLD_REDIS=""
   if [[ -f $DIR/env ]]; then
     OLD_PG=$(sed -n 's/^export TOLLGATE_PG_PORT=\([0-9]*\)$/\1/p' "$DIR/env")
@@ -154,7 +161,8 @@ redis_start() {  # redis_start PREFERRED_PORT STRICT(1 = must use that port)
     if [[ $2 == 1 ]]; then port_free "$1" || die "redis port $1 is taken by another process"; port=$1
     else port=$(pick_port "$1" "${PGPORT:-}"); fi
     rm -f "$RPID"
-    as_svc redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --daemonize yes \
+    local sock=(); [[ -z $RSOCK ]] || sock=(--unixsocket "$RSOCK" --unixsocketperm 700)
+    as_svc redis-server --bind 127.0.0.1 --port "$port" "${sock[@]}" --save '' --appendonly no --daemonize yes \
       --pidfile "$RPID" --logfile "$RLOG" --dir "$R/redis" >/dev/null 2>&1 || true
     for ((i = 0; i < TIMEOUT * 2; i++)); do
       redis_ours "$port" && { REDISPORT=$port; return; }
@@ -181,17 +189,28 @@ redis_stop() {
   log "redis (pid $(cat "$RPID")) ignored shutdown; killing it"; kill -9 "$(cat "$RPID")" || true; rm -f "$RPID"
 }
 
+# The Unix socket the running Redis listens on (none if it was started by an older services.sh).
+redis_socket() {
+  local s; s=$(timeout 3 redis-cli -p "$REDISPORT" config get unixsocket 2>/dev/null | sed -n 2p)
+  if [[ -n $RSOCK && $s == "$RSOCK" && -S $RSOCK ]]; then echo "$RSOCK"; return; fi
+  [[ -z $RSOCK ]] || log "redis on port $REDISPORT has no socket $RSOCK (started by an older services.sh?); to get one: $0 stop-redis $DIR && $0 start-redis $DIR"
+}
 write_env() {
-  local db="postgresql://tollgate@127.0.0.1:$PGPORT/tollgate" rd="redis://127.0.0.1:$REDISPORT"
-  cat >"$DIR/env.tmp" <<EOF
+  local db="postgresql://tollgate@127.0.0.1:$PGPORT/tollgate" rd="redis://127.0.0.1:$REDISPORT" sock
+  sock=$(redis_socket)
+  {
+    cat <<EOF
 export TOLLGATE_DATABASE_URL=$db
 export TOLLGATE_REDIS_URL=$rd
 export TOLLGATE_PG_PORT=$PGPORT
 export TOLLGATE_REDIS_PORT=$REDISPORT
 export TOLLGATE_PG_BIN=$PGBIN
 EOF
+    [[ -z $sock ]] || printf 'export TOLLGATE_REDIS_SOCKET=%q\n' "$sock"
+  } >"$DIR/env.tmp"
   mv "$DIR/env.tmp" "$DIR/env"
   echo "TOLLGATE_DATABASE_URL=$db"; echo "TOLLGATE_REDIS_URL=$rd"
+  [[ -z $sock ]] || echo "TOLLGATE_REDIS_SOCKET=$sock"
 }
 
 # stop-like commands on a DIR that does not exist are a no-op
@@ -209,5 +228,5 @@ case "${1:-}" in
     rm -rf "$R"/{pg,pg.tmp,redis,log,run} "$DIR/env"
     if [[ $R == /tmp/tollgate-* ]]; then rm -rf "$R" "$DIR/data"; fi
     rm -f "$DIR/.lock"; rmdir "$DIR" 2>/dev/null || true; log "destroyed $DIR" ;;
-  *) sed -n '2,14s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,17s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
 esac

@@ -1,6 +1,7 @@
 // RedisConnection (hiredis driven by Asio) and RedisSyncClient against the real Redis at
 // TOLLGATE_REDIS_URL (tests/run.sh starts it): replies, pipelining, error replies, deadlines,
-// reconnects, refused connections, and the lifetime paths (timeout, server kill, destruction).
+// reconnects, refused connections, and the lifetime paths (timeout, server kill, destruction);
+// and over the same Redis' Unix socket, TOLLGATE_REDIS_SOCKET.
 #include "ratelimit/redis_client.hpp"
 
 #include <catch2/catch.hpp>
@@ -15,10 +16,14 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <thread>
@@ -37,6 +42,37 @@ std::string redis_url() {
   if (!url || !*url) FAIL("TOLLGATE_REDIS_URL is not set: run tests through tests/run.sh");
   return url;
 }
+
+/// The Unix socket of the same Redis (deploy/local/services.sh writes it next to the URL).
+std::string redis_socket() {
+  const char* path = std::getenv("TOLLGATE_REDIS_SOCKET");
+  if (!path || !*path) FAIL("TOLLGATE_REDIS_SOCKET is not set: run tests through tests/run.sh");
+  return path;
+}
+
+/// A path in the temporary directory where no socket file exists.
+std::string missing_socket_path() {
+  auto p = std::filesystem::temp_directory_path() / ("tg-test-missing-" + std::to_string(std::random_device{}()) + ".sock");
+  std::filesystem::remove(p);
+  return p.string();
+}
+
+/// A Unix socket file nobody listens on (bound, never listening): what a Redis that died leaves.
+struct StaleSocket {
+  std::string path = missing_socket_path();
+  int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  StaleSocket() {
+    REQUIRE(fd >= 0);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    std::strncpy(sa.sun_path, path.c_str(), sizeof(sa.sun_path) - 1);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0);
+  }
+  ~StaleSocket() {
+    ::close(fd);
+    ::unlink(path.c_str());
+  }
+};
 
 std::string fmt_url(const std::string& host, int port, const std::string& userinfo) {
   return "redis://" + userinfo + host + ":" + std::to_string(port);
@@ -482,6 +518,38 @@ net::awaitable<void> cancelled_by_caller(RedisConnection& c) {
   CHECK(id_after == id);
 }
 
+/// A round trip, then proof the connection is the Unix socket one: Redis reports a Unix socket
+/// client's address as "<unixsocket>:0" (a TCP client's as ip:port).
+net::awaitable<void> over_unix_socket(RedisConnection& c, std::string path) {
+  co_await round_trip(c);
+  auto [eec, er] = co_await c.command(args("EVAL", "return {KEYS[1], ARGV[1]}", "1", "k", "over the socket"), 1s);
+  REQUIRE_FALSE(eec);
+  REQUIRE(er.elements.size() == 2);
+  CHECK(er.elements[1].str == "over the socket");
+  auto [ec, r] = co_await c.command(args("CLIENT", "INFO"), 1s);
+  REQUIRE_FALSE(ec);
+  REQUIRE(r.type == RedisReply::Type::string);
+  INFO(r.str);
+  CHECK(r.str.find(" addr=" + path + ":0 ") != std::string::npos);
+  CHECK(r.str.find(" laddr=" + path + ":0 ") != std::string::npos);
+  CHECK(r.str.find(" db=1 ") != std::string::npos);  // ?db=1
+}
+
+net::awaitable<void> socket_refused(RedisConnection& c, std::string why) {
+  auto t0 = Clock::now();
+  auto [ec, r] = co_await c.command(args("PING"), 2s);
+  INFO("error: " << ec.message() << " / " << c.last_error());
+  CHECK(ec == net::error::connection_refused);
+  CHECK(ms_since(t0) < 100);  // at once: not the 100 ms connect timeout, nor the 2 s deadline
+  CHECK_FALSE(c.connected());
+  CHECK(c.last_error().find(why) != std::string::npos);
+  co_await sleep_for(120ms);  // after the backoff: tried again, refused again
+  t0 = Clock::now();
+  auto [ec2, r2] = co_await c.command(args("PING"), 2s);
+  CHECK(ec2 == net::error::connection_refused);
+  CHECK(ms_since(t0) < 100);
+}
+
 net::awaitable<void> leave_in_flight(RedisConnection& c, Outcome* out) {
   auto ex = co_await net::this_coro::executor;
   co_await c.command(args("PING"), 1s);  // connected
@@ -515,9 +583,68 @@ TEST_CASE("parse_redis_url") {
 
   for (const char* bad : {"http://x", "rediss://x:6380", "redis://", "redis://:6379", "redis://h:0",
                           "redis://h:70000", "redis://h:12x", "redis://h/-1", "redis://h/db", "redis://pw@h",
-                          "redis://:%zz@h", "redis://[::1", "redis://h:6379/0?x=1", "unix:///tmp/redis.sock"}) {
+                          "redis://:%zz@h", "redis://[::1", "redis://h:6379/0?x=1"}) {
     INFO(bad);
     CHECK_THROWS_AS(parse_redis_url(bad), std::invalid_argument);
+  }
+}
+
+TEST_CASE("parse_redis_url: unix://") {
+  auto u = parse_redis_url("unix:///tmp/redis.sock");
+  CHECK(u.socket_path == "/tmp/redis.sock");
+  CHECK(u.host.empty());
+  CHECK(u.port == 0);
+  CHECK(u.db == 0);
+  CHECK(u.password.empty());
+  CHECK(u.username.empty());
+
+  u = parse_redis_url("UNIX://:s%40cr%3At@/run/redis/redis.sock?db=3");
+  CHECK(u.socket_path == "/run/redis/redis.sock");
+  CHECK(u.db == 3);
+  CHECK(u.password == "s@cr:t");
+  CHECK(u.username.empty());
+
+  u = parse_redis_url("unix://app:pw@/var/run/a@b/redis%20x%3F.sock?db=0");
+  CHECK(u.socket_path == "/var/run/a@b/redis x?.sock");
+  CHECK(u.username == "app");
+  CHECK(u.password == "pw");
+  CHECK(u.db == 0);
+
+  std::string longest = "/" + std::string(106, 's');  // 107 bytes: what sockaddr_un holds
+  CHECK(parse_redis_url("unix://" + longest).socket_path == longest);
+
+  // redis:// URLs have no socket path
+  CHECK(parse_redis_url("redis://127.0.0.1:6379").socket_path.empty());
+
+  const std::pair<std::string, const char*> bad[] = {
+      {"unix://", "missing socket path"},
+      {"unix://:pw@", "missing socket path"},
+      {"unix://?db=1", "missing socket path"},
+      {"unix://redis.sock", "must be absolute"},
+      {"unix://run/redis.sock", "must be absolute"},
+      {"unix://localhost/tmp/redis.sock", "must be absolute"},
+      {"unix://:pw@redis.sock", "must be absolute"},
+      {"unix:/tmp/redis.sock", "expected redis://"},
+      {"unix://pw@/tmp/redis.sock", "[user]:password"},
+      {"unix://app:@/tmp/redis.sock", "empty password"},
+      {"unix://:%zz@/tmp/redis.sock", "percent-encoding in the user information"},
+      {"unix:///tmp/r%zz.sock", "percent-encoding in the socket path"},
+      {"unix:///tmp/r%00.sock", "NUL"},
+      {"unix://" + longest + "s", "at most 107"},
+      {"unix:///tmp/redis.sock?", "empty query string"},
+      {"unix:///tmp/redis.sock?db=", "database number"},
+      {"unix:///tmp/redis.sock?db", "database number"},
+      {"unix:///tmp/redis.sock?db=-1", "database number"},
+      {"unix:///tmp/redis.sock?db=x", "database number"},
+      {"unix:///tmp/redis.sock?db=1&db=2", "more than once"},
+      {"unix:///tmp/redis.sock?password=pw", "unsupported query parameter 'password'"},
+      {"unix:///tmp/redis.sock?db=1&timeout=5", "unsupported query parameter 'timeout'"},
+      {"unix:///tmp/redis.sock#x", "fragments"},
+  };
+  for (const auto& [url, why] : bad) {
+    INFO(url);
+    CHECK_THROWS_AS(parse_redis_url(url), std::invalid_argument);
+    CHECK_THROWS_WITH(parse_redis_url(url), Catch::Contains(why));
   }
 }
 
@@ -570,6 +697,28 @@ TEST_CASE("RedisConnection: connection refused is an error code, quickly, with b
   net::io_context ioc;
   RedisConnection c(ioc.get_executor(), closed_url(), 100ms, 100ms);
   run(ioc, refused(c));
+}
+
+TEST_CASE("RedisConnection: over the Unix socket (unix://)") {
+  auto path = redis_socket();
+  net::io_context ioc;
+  RedisConnection c(ioc.get_executor(), parse_redis_url("unix://" + path + "?db=1"));
+  CHECK_FALSE(c.connected());  // lazy
+  run(ioc, over_unix_socket(c, path));
+}
+
+TEST_CASE("RedisConnection: a Unix socket path without a server is refused at once") {
+  SECTION("no socket file") {
+    net::io_context ioc;
+    RedisConnection c(ioc.get_executor(), parse_redis_url("unix://" + missing_socket_path()), 100ms, 100ms);
+    run(ioc, socket_refused(c, "No such file"));
+  }
+  SECTION("a stale socket file nobody listens on") {
+    StaleSocket stale;
+    net::io_context ioc;
+    RedisConnection c(ioc.get_executor(), parse_redis_url("unix://" + stale.path), 100ms, 100ms);
+    run(ioc, socket_refused(c, "refused"));
+  }
 }
 
 TEST_CASE("RedisConnection: connecting is bounded by the connect timeout") {
@@ -676,5 +825,37 @@ TEST_CASE("RedisSyncClient: a closed port fails quickly and is retried on the ne
     CHECK(ms_since(t0) < 200);
     CHECK_FALSE(c.connected());
     CHECK_FALSE(c.last_error().empty());
+  }
+}
+
+TEST_CASE("RedisSyncClient: over the Unix socket (unix://)") {
+  auto path = redis_socket();
+  RedisSyncClient c(parse_redis_url("unix://" + path + "?db=2"), 500ms);
+  auto key = unique("sync-unix");
+  auto r = c.command(args("SET", key, "v1", "PX", "60000"));
+  REQUIRE(r);
+  CHECK(r->str == "OK");
+  r = c.command(args("GET", key));
+  REQUIRE(r);
+  CHECK(r->str == "v1");
+  r = c.command(args("CLIENT", "INFO"));
+  REQUIRE(r);
+  INFO(r->str);
+  CHECK(r->str.find(" addr=" + path + ":0 ") != std::string::npos);
+  CHECK(r->str.find(" db=2 ") != std::string::npos);
+  c.command(args("DEL", key));
+}
+
+TEST_CASE("RedisSyncClient: a Unix socket path without a server fails at once") {
+  auto path = missing_socket_path();
+  RedisSyncClient c(parse_redis_url("unix://" + path), 100ms);
+  for (int i = 0; i < 2; ++i) {
+    auto t0 = Clock::now();
+    CHECK_FALSE(c.command(args("PING")));
+    CHECK(ms_since(t0) < 100);
+    CHECK_FALSE(c.connected());
+    INFO(c.last_error());
+    CHECK(c.last_error().find("unix:" + path) != std::string::npos);
+    CHECK(c.last_error().find("No such file") != std::string::npos);
   }
 }
