@@ -9,7 +9,8 @@ bash deploy/build.sh
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
 
 state=$(mktemp -d /tmp/tollgate-test.XXXXXX)
-cleanup() { bash deploy/local/services.sh destroy "$state" >/dev/null 2>&1 || true; }
+root=$PWD
+cleanup() { bash "$root/deploy/local/services.sh" destroy "$state" >/dev/null 2>&1 || true; }  # after `cd build` too
 trap cleanup EXIT
 bash deploy/local/services.sh start "$state" >/dev/null
 # shellcheck disable=SC1091
