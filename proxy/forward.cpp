@@ -16,8 +16,9 @@ using net::awaitable;
 
 namespace {
 
-/// The head of a relayed response: status, Content-Type, our headers (request id, rate limits,
-/// generation id), `extra` fields, then Content-Length (or chunked) and Connection.
+/// The head of a relayed response: status, Content-Type (and Cache-Control for a stream), our
+/// headers (request id, rate limits, generation id), the upstream's Retry-After if it sent one,
+/// then Content-Length (none: chunked) and Connection.
 std::string client_head(int status, std::string_view content_type, const RequestCtx& ctx, const Outcome& out,
                         std::optional<std::size_t> content_length, std::string_view retry_after = {}) {
   std::string h;
@@ -100,6 +101,7 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
   std::string head;
   head.reserve(256 + cfg.upstream_key.size());
   http_head::request_line(head, "POST", cfg.upstream.base_path, ctx.upstream_path);
+  // Host and key come from the configuration, checked at start (no CR/LF): appended as they are.
   bool default_port = cfg.upstream.port == (cfg.upstream.tls ? "443" : "80");
   if (default_port) {
     http_head::field(head, "Host", cfg.upstream.host);
