@@ -109,6 +109,20 @@ max_goal("added time to first token (stream, p50)"; 100; "µs";
        (.non2xx == .requests and .pg_lookups == 0);
        "\(.pg_lookups | thousands) keys were looked up in PostgreSQL")),
 "",
+# --- why the throughput goal misses: the CPU budget of the box, from the figures of this run
+(if $tg_max == null or $ngx_max == null or (ok("direct"; "max") | not) or (ok("tollgate"; "max") | not) then empty else
+  ($meta.cores * 1e6) as $box |
+  ($box / (0.7 * $ngx_max)) as $budget |
+  ($box / res("direct"; "max").throughput_rps) as $harness |
+  (cpu_per(res("tollgate"; "max"))) as $tg | (aux_per(res("tollgate"; "max"))) as $aux |
+  (if ok("nginx"; "max") then cpu_per(res("nginx"; "max")) else null end) as $ngx |
+  "### The throughput goal as a CPU budget (this run)",
+  "",
+  "At 0.7 × nginx (\(0.7 * $ngx_max | r0 | thousands) req/s) the \($meta.cores) cores have **\($budget | r1) µs** of CPU per request. The direct run, which saturates the box with the load generator and the stub alone, shows they take \($harness | r1) µs of it, leaving **\(($budget - $harness) | r1) µs** for the proxy and what it needs. nginx needs \($ngx | r1) µs. tollgate needs \($tg | r1) µs itself plus \($aux | r1) µs in Redis (admission and settle) and PostgreSQL (the usage row, ledger row and debit): \(($tg + $aux) | r1) µs, \((($tg + $aux) / ($budget - $harness)) * 100 | round / 100) × what is left." +
+  (if $usage != null and $usage.pg_cpu_ns != null then ($usage.pg_cpu_ns / 1000 / $usage.rows) as $pg |
+    " The usage row alone costs PostgreSQL \($pg | r1) µs at its best batch size (usage recording below), which leaves \(($budget - $harness - $pg) | r1) µs for tollgate and Redis together." else "" end)
+end),
+"",
 "## Results by system and scenario",
 "",
 "Latency in µs. *added* = this system minus **direct** in the same run and scenario. CPU = on-CPU time of the system process (for direct: the stub) over the run, divided by its successful requests. Peak RSS = VmHWM of that process after the scenario. For open-loop rows, latency runs from the scheduled send time; *lag* is how late the load generator sent (p99), a check on the generator itself.",
