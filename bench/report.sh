@@ -123,6 +123,29 @@ max_goal("added time to first token (stream, p50)"; 100; "µs";
     " The usage row alone costs PostgreSQL \($pg | r1) µs at its best batch size (usage recording below), which leaves \(($budget - $harness - $pg) | r1) µs for tollgate and Redis together." else "" end)
 end),
 "",
+# --- the latency and CPU goals against what a plain proxy does on the same box, same run
+(if ok("nginx"; "c1") | not then empty else
+  (if ok("nginx"; "rate-5000") then res("nginx"; "rate-5000") else null end) as $n5k |
+  (res("nginx"; "stream")) as $ns |
+  ($all | map(select(.redis_rtt != null)) | .[0].redis_rtt) as $rtt |
+  def ttft_added($x): if $x != null and $ds != null and $x.ttft_us.n > 0 and $ds.ttft_us.n > 0 then $x.ttft_us.p50 - $ds.ttft_us.p50 else null end;
+  "### The latency and CPU goals next to nginx (this run)",
+  "",
+  "nginx forwards with no authentication, admission, pricing or recording: what a proxy hop alone costs on this box.",
+  "",
+  "| goal | target | nginx (plain proxy) | tollgate |",
+  "|---|--:|--:|--:|",
+  "| added latency, concurrency 1, p50 | 50 µs | \(added("nginx"; "c1"; "p50") | signed) µs | \(added("tollgate"; "c1"; "p50") | signed) µs |",
+  "| added latency, concurrency 1, p99 | 100 µs | \(added("nginx"; "c1"; "p99") | signed) µs | \(added("tollgate"; "c1"; "p99") | signed) µs |",
+  "| added p99, open loop 5,000 req/s | 1,000 µs | \(added("nginx"; "rate-5000"; "p99") | signed) µs | \(added("tollgate"; "rate-5000"; "p99") | signed) µs |",
+  "| CPU per request, open loop 5,000 req/s | 40 µs | \(if $n5k != null then cpu_per($n5k) | r1 else "—" end) µs | \(if $cpu_run != null then cpu_per($cpu_run) | r1 else "—" end) µs |",
+  "| added time to first token, p50 | 100 µs | \(ttft_added($ns) | signed) µs | \(ttft_added($tgs) | signed) µs |",
+  "",
+  (if $rtt == null or $rtt.tcp_p50_us == null then empty else
+    (if $rtt.via == "unix" and $rtt.unix_p50_us != null then $rtt.unix_p50_us else $rtt.tcp_p50_us end) as $r |
+    "A Redis round trip alone (`redis-benchmark` PING, concurrency 1) takes \($r | r1) µs p50 here over the \(if $rtt.via == "unix" then "Unix socket" else "TCP connection" end) tollgate uses (TCP: \($rtt.tcp_p50_us | r1) µs). Admission makes one before forwarding, so at concurrency 1 tollgate cannot add less than what nginx adds (\(added("nginx"; "c1"; "p50") | signed) µs) plus that round trip plus the run time of the admission script in Redis: at least \((added("nginx"; "c1"; "p50") + $r) | r1) µs against the 50 µs target." end)
+end),
+"",
 "## Results by system and scenario",
 "",
 "Latency in µs. *added* = this system minus **direct** in the same run and scenario. CPU = on-CPU time of the system process (for direct: the stub) over the run, divided by its successful requests. Peak RSS = VmHWM of that process after the scenario. For open-loop rows, latency runs from the scheduled send time; *lag* is how late the load generator sent (p99), a check on the generator itself.",

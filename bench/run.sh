@@ -760,6 +760,15 @@ pg1=$(pg_cpu_ns)
 jq --argjson rec "$recorded" --argjson pg "$((pg1 - pg0))" '. + {recorded_by_runs:$rec, pg_cpu_ns:$pg}' \
   "$out/raw/usage.json" >"$out/raw/usage.json.tmp" && mv "$out/raw/usage.json.tmp" "$out/raw/usage.json"
 
+# A Redis round trip on its own, the floor under admission's latency: redis-benchmark PING at
+# concurrency 1 (its latency buckets are 8 µs wide), over TCP and over the socket if there is one.
+redis_rtt() { redis-benchmark "$@" -c 1 -n "$([ "$mode" = smoke ] && echo 2000 || echo 20000)" -t ping_mbulk --csv 2>/dev/null |
+  awk -F'"' 'NR == 2 { print $10 * 1000 }'; }
+rtt_tcp=$(redis_rtt -h 127.0.0.1 -p "$TOLLGATE_REDIS_PORT"); rtt_unix=null
+if [ -n "${TOLLGATE_REDIS_SOCKET:-}" ]; then rtt_unix=$(redis_rtt -s "$TOLLGATE_REDIS_SOCKET"); fi
+jq -n --argjson tcp "${rtt_tcp:-null}" --argjson unix "${rtt_unix:-null}" --arg via "$redis_via" \
+  '{redis_rtt: {tcp_p50_us: $tcp, unix_p50_us: $unix, via: $via}}' >"$out/raw/redis_rtt.json"
+
 # ------------------------------------------------------------------ metadata, report
 elapsed=$(( $(date +%s) - started_at ))
 failures_json=$(printf '%s\n' "${functional_failures[@]+"${functional_failures[@]}"}" "${warnings[@]+"${warnings[@]}"}" | jq -R . | jq -s 'map(select(length > 0))')
