@@ -669,6 +669,16 @@ EOF
 metric() { curl -fsS --max-time 2 "http://127.0.0.1:$TG_PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 run_keys_scenarios() {
   local t0 t1 kind m0 m1 f
+  # The same two measurements just before the insert, so that the comparison is not skewed by
+  # how this shared machine drifts over the minutes since the plain scenarios.
+  log "tollgate: concurrency 1 and max throughput just before the keys go in"
+  start_tollgate plain 1; set_system tollgate
+  functional_check plain "$EXPECT_PLAIN" || return 0
+  loadgen c1-before-keys plain --concurrency 1 --duration "$D_C1" --warmup 0.2 --expect "$EXPECT_PLAIN"
+  check_result "$out/raw/$SYS.c1-before-keys.json"
+  run_wrk max-before-keys plain "$D_MAX"
+  check_result "$out/raw/$SYS.max-before-keys.json"
+  stop_tollgate before-keys-t1
   log "tollgate: $KEYS_TOTAL more keys in api_keys"
   t0=$(date +%s%N)
   # The insert trigger would NOTIFY cache invalidations nobody needs: these keys are new.
