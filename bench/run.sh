@@ -692,7 +692,16 @@ run_keys_scenarios() {
   # Vacuum and checkpoint now, so that PostgreSQL's upkeep after a million inserts (autovacuum,
   # a checkpoint) does not run during the measurements below and pass for a hot-path cost.
   q -c "VACUUM (ANALYZE) api_keys" -c "CHECKPOINT"
+  local tlog=$out/logs/tollgate-plain-t1.log loaded
+  loaded=$(grep -c "key filter: .* loaded" "$tlog" 2>/dev/null || true)
   start_tollgate plain 1; set_system tollgate
+  # Measure once the key filter holds every key (~1 s for a million): the goal is the hot path
+  # with a million keys, not the start-up load running under the measurement.
+  for _ in $(seq 600); do
+    (( $(grep -c "key filter: .* loaded" "$tlog" 2>/dev/null || true) > ${loaded:-0} )) && break
+    sleep 0.1
+  done
+  log "tollgate: $(grep -o "key filter: .* loaded in [0-9]* ms" "$tlog" | tail -n1)"
   functional_check plain "$EXPECT_PLAIN" || return 0
   loadgen c1-keys plain --concurrency 1 --duration "$D_C1" --warmup 0.2 --expect "$EXPECT_PLAIN"
   check_result "$out/raw/$SYS.c1-keys.json"
