@@ -16,24 +16,6 @@ using net::awaitable;
 
 namespace {
 
-/// The head of a relayed response: status, Content-Type (and Cache-Control for a stream), our
-/// headers (request id, rate limits, generation id), the upstream's Retry-After if it sent one,
-/// then Content-Length (none: chunked) and Connection.
-std::string client_head(int status, std::string_view content_type, const RequestCtx& ctx, const Outcome& out,
-                        std::optional<std::size_t> content_length, std::string_view retry_after = {}) {
-  std::string h;
-  h.reserve(320);
-  http_head::status_line(h, static_cast<unsigned>(status));
-  http_head::field(h, "Content-Type", content_type);
-  if (!content_length) http_head::field(h, "Cache-Control", "no-cache");
-  http_head::field(h, "x-request-id", ctx.request_id);
-  for (const auto& [k, v] : ctx.headers) http_head::field(h, k, v);
-  if (out.generation_id) http_head::field(h, "x-generation-id", *out.generation_id);
-  if (!retry_after.empty()) http_head::field(h, "Retry-After", retry_after);
-  http_head::finish(h, content_length, ctx.client_keep_alive);
-  return h;
-}
-
 /// Writes `buffers` to the client right away when the socket takes them all (the usual case: a
 /// few hundred bytes into a drained socket buffer), sparing an event-loop round trip per SSE
 /// event; the rest, if any, goes out with async_write under the stream's write timeout.
@@ -154,8 +136,9 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
       ++app.metrics.upstream_errors;
     }
     upstream_reusable = res.keep_alive();
-    std::string to_client = client_head(out.status, content_type.empty() ? "application/json" : content_type, ctx,
-                                        out, res.body().size(), res[http::field::retry_after]);
+    std::string to_client =
+        response_head(out.status, content_type.empty() ? "application/json" : content_type, ctx, res.body().size(),
+                      ctx.client_keep_alive, out.generation_id, res[http::field::retry_after]);
     count_status(app, out.status);
     client.expires_after(client_write_timeout);
     out.client_started = true;
@@ -170,7 +153,8 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
   // in one write (the client sees its first token one wake-up sooner).
   ++app.metrics.streams;
   http::response_parser<http::buffer_body> bp{std::move(hp)};
-  std::string head_bytes = client_head(out.status, content_type, ctx, out, std::nullopt);
+  std::string head_bytes = response_head(out.status, content_type, ctx, std::nullopt, ctx.client_keep_alive,
+                                         out.generation_id);
   count_status(app, out.status);
   client.expires_after(client_write_timeout);
   out.client_started = true;

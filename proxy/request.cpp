@@ -38,15 +38,26 @@ void count_status(App& app, int status) {
   (status < 400 ? m.responses_2xx : status < 500 ? m.responses_4xx : m.responses_5xx)++;
 }
 
+std::string response_head(int status, std::string_view content_type, const RequestCtx& ctx,
+                          std::optional<std::size_t> content_length, bool keep_alive,
+                          const std::optional<std::string>& generation_id,
+                          std::string_view retry_after) {
+  std::string h;
+  h.reserve(320);
+  http_head::status_line(h, static_cast<unsigned>(status));
+  http_head::field(h, "Content-Type", content_type);
+  if (!content_length) http_head::field(h, "Cache-Control", "no-cache");
+  http_head::field(h, "x-request-id", ctx.request_id);
+  for (const auto& [k, v] : ctx.headers) http_head::field(h, k, v);
+  if (generation_id) http_head::field(h, "x-generation-id", *generation_id);
+  if (!retry_after.empty()) http_head::field(h, "Retry-After", retry_after);
+  http_head::finish(h, content_length, keep_alive);
+  return h;
+}
+
 awaitable<bool> reply(beast::tcp_stream& client, App& app, const RequestCtx& ctx, http::status status,
                       std::string body, bool keep_alive) {
-  std::string head;
-  head.reserve(256);
-  http_head::status_line(head, static_cast<unsigned>(status));
-  http_head::field(head, "Content-Type", "application/json");
-  http_head::field(head, "x-request-id", ctx.request_id);
-  for (const auto& [k, v] : ctx.headers) http_head::field(head, k, v);
-  http_head::finish(head, body.size(), keep_alive);
+  std::string head = response_head(static_cast<int>(status), "application/json", ctx, body.size(), keep_alive);
   count_status(app, static_cast<int>(status));
   client.expires_after(client_write_timeout);
   std::array<net::const_buffer, 2> message{net::buffer(head), net::buffer(body)};

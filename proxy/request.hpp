@@ -66,6 +66,14 @@ struct Outcome {
 /// Counts a response status in the metrics.
 void count_status(App& app, int status);
 
+/// The head of any response to the client (proxy/http_head): status line, Content-Type
+/// (Cache-Control: no-cache too when chunked), x-request-id, ctx.headers (rate limits), then
+/// x-generation-id and Retry-After when given, Content-Length (none: chunked) and Connection.
+std::string response_head(int status, std::string_view content_type, const RequestCtx& ctx,
+                          std::optional<std::size_t> content_length, bool keep_alive,
+                          const std::optional<std::string>& generation_id = std::nullopt,
+                          std::string_view retry_after = {});
+
 /// Writes a complete JSON response with x-request-id and ctx.headers. Returns whether the
 /// connection can carry another request (false if the client is gone or !keep_alive).
 net::awaitable<bool> reply(beast::tcp_stream& client, App& app, const RequestCtx& ctx,

@@ -606,21 +606,20 @@ void UsageWriter::dead_letter(const Pending& p, const PgError& why, Unsynced& do
   if (!p.journal_json.empty()) line += p.journal_json;
   else p.rec.append_json(line);
   line += "}\n";
+  const fs::path path = dir_ / "dead-letter.jsonl";
   {
     std::lock_guard lock(dead_letter_mu_);
-    int fd = ::open((dir_ / "dead-letter.jsonl").c_str(), O_CREAT | O_WRONLY | O_APPEND | O_CLOEXEC, 0600);
+    int fd = ::open(path.c_str(), O_CREAT | O_WRONLY | O_APPEND | O_CLOEXEC, 0600);
     // Unwritable: the record stays in the journal and the batch is retried (an error to see).
     if (fd < 0 || !write_all(fd, line.data(), line.size()) || ::fdatasync(fd) != 0) {
       if (fd >= 0) ::close(fd);
-      throw PgError(fmt::format("usage writer: cannot write {}: {}", (dir_ / "dead-letter.jsonl").string(),
-                                std::strerror(errno)),
-                    "");
+      throw PgError(fmt::format("usage writer: cannot write {}: {}", path.string(), std::strerror(errno)), "");
     }
     ::close(fd);
   }
   spdlog::error("usage writer: PostgreSQL refused usage record {} (SQLSTATE {}: {}); it is in {} for the "
                 "operator, and its charge no longer counts as pending spend", p.rec.request_id, why.sqlstate,
-                why.what(), (dir_ / "dead-letter.jsonl").string());
+                why.what(), path.string());
   {
     std::lock_guard lock(mu_);
     ++stats_.dead_lettered;
