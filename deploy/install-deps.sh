@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ccache pkg-config git curl ca-certificates
   libboost1.81-dev libboost-json1.81-dev libboost-url1.81-dev
-  libpq-dev libsimdjson-dev libssl-dev libhiredis-dev catch2
+  libpq-dev libsimdjson-dev libssl-dev libhiredis-dev libjemalloc-dev catch2
   libspdlog-dev libfmt-dev libtomlplusplus-dev libcli11-dev
   postgresql redis-server
 )
