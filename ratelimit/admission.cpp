@@ -241,6 +241,15 @@ boost::asio::awaitable<void> Admitter::settle_batch(std::vector<Settlement> batc
       args[count_at] = std::to_string(windows);
     }
     auto [ec, reply] = co_await eval(script_settle, keys, args);
+    if (ec) {
+      // No answer (Redis stalled past the deadline, or the connection dropped): send the batch
+      // once more, on a fresh connection if need be. settle.lua is idempotent, so a first
+      // attempt that did run in Redis is not counted twice.
+      spdlog::info("settle of {} request(s): no answer from Redis ({}); retrying", n, ec.message());
+      auto again = co_await eval(script_settle, keys, args);
+      ec = again.first;
+      reply = std::move(again.second);
+    }
     if (ec || reply.is_error())
       spdlog::warn("settle of {} request(s) in Redis failed ({}), first {}; their holds expire by themselves", n,
                    ec ? ec.message() : reply.str, batch.front().request_id);

@@ -126,7 +126,9 @@ class Admitter {
   /// while batches are in flight new settles wait for the next one. So admissions, which a
   /// client is waiting for, are not queued in Redis behind settles, and under load one script
   /// call settles many requests. Holds are released at most ~settle_delay + a round trip late.
-  /// Errors are logged (the holds then expire by themselves); on_settled is called either way.
+  /// A batch Redis did not answer (deadline passed, connection dropped) is sent once more
+  /// (settle.lua is idempotent). Errors are logged (the holds then expire by themselves after
+  /// `hold_ttl`); on_settled is called either way.
   void settle(Settlement s);
   /// Settles queued or in flight.
   std::size_t settles_pending() const { return queued_.size() + settling_; }

@@ -7,6 +7,9 @@
 -- ARGV: per request: request_id, charge, n, then n times: window index j, bucket, delta
 --       (delta = real - estimated tokens)
 -- Returns the number of requests settled.
+-- Idempotent: running a batch twice (a retry after its reply was lost) changes nothing more. A
+-- request's hold is released and its token windows corrected only while its hold exists, and
+-- its charge is added to pending only once (HSETNX).
 local rids, charges, wins = {}, {}, {}
 local i = 1
 while i <= #ARGV do
@@ -32,7 +35,7 @@ for r = 1, #rids do
     pending = pending + charges[r]
   end
   local a = wins[r]
-  for k = 1, tonumber(ARGV[a - 1]) do
+  for k = 1, amounts[r] and tonumber(ARGV[a - 1]) or 0 do
     local p = a + 3 * (k - 1)
     local key, bucket, delta = KEYS[5 + tonumber(ARGV[p])], ARGV[p + 1], tonumber(ARGV[p + 2])
     local v = tonumber(redis.call('HGET', key, bucket))

@@ -199,3 +199,75 @@ TEST_CASE("settle: settles queued after the first batch left go out together in 
   CHECK(field(fx.sync, ak.balance, "held") == 0);
   CHECK(field(fx.sync, ak.balance, "pending") == 21);
 }
+
+namespace {
+
+/// Admits `n` requests on `k` (hold 5,000, estimate 100 tokens) and returns their settlements
+/// (charge 7 + i, real tokens 20 + i).
+std::vector<Settlement> admitted(Fixture& fx, const keys::KeyRecord& k, int n) {
+  std::vector<Settlement> out;
+  for (int i = 0; i < n; ++i) {
+    Settlement s;
+    s.account = k.user_id;
+    s.request_id = "req-" + std::to_string(i) + "-" + random_id();
+    auto adm = fx.admit(k, s.request_id, 5000, 100);
+    REQUIRE(adm.verdict == Verdict::admitted);
+    s.charge = 7 + i;
+    s.windows = adm.windows;
+    s.actual_tokens = 20 + i;
+    s.token_estimate = 100;
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("settle: the same batch settled twice counts its charges and tokens once") {
+  Fixture fx;
+  const std::string a = random_id();
+  fx.fund(a, 10'000'000);
+  auto k = key_for(a);
+  auto batch = admitted(fx, k, 5);
+  const std::string window = "tg:{" + a + "}:k:" + k.key_id + ":tokens_per_minute";
+  AccountKeys ak(a);
+  CHECK(field(fx.sync, window, "t") == 5 * 100);  // the estimates, until settled
+
+  for (int round = 0; round < 2; ++round) {  // a retry whose first attempt did run in Redis
+    for (const auto& s : batch) fx.admitter.settle(s);
+    fx.run_until_settled(5 * static_cast<std::size_t>(round + 1));
+    CHECK(field(fx.sync, ak.balance, "held") == 0);
+    CHECK(field(fx.sync, ak.balance, "pending") == 7 + 8 + 9 + 10 + 11);
+    CHECK(field(fx.sync, window, "t") == 20 + 21 + 22 + 23 + 24);
+  }
+}
+
+TEST_CASE("settle: a batch Redis answers after the deadline is sent again and counted once") {
+  Fixture fx;
+  fx.cfg.timeout = 100ms;
+  const std::string a = random_id();
+  fx.fund(a, 10'000'000);
+  auto k = key_for(a);
+  auto batch = admitted(fx, k, 3);
+
+  // Redis holds every client's commands for 150 ms (CLIENT PAUSE): the batch gets no answer
+  // within its 100 ms deadline, the connection is dropped, and Redis discards the unanswered
+  // command with its client. Only the second attempt, on a new connection, settles.
+  {
+    std::vector<std::string> argv{"CLIENT", "PAUSE", "150"};
+    auto r = fx.sync.command(argv);
+    REQUIRE(r);
+    REQUIRE(r->str == "OK");
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  for (const auto& s : batch) fx.admitter.settle(s);
+  fx.run_until_settled(3);
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  CHECK(waited >= 100ms);  // the first attempt did time out
+
+  AccountKeys ak(a);
+  CHECK(field(fx.sync, ak.balance, "held") == 0);
+  CHECK(count(fx.sync, "ZCARD", ak.holds) == 0);
+  CHECK(field(fx.sync, ak.balance, "pending") == 7 + 8 + 9);
+  CHECK(field(fx.sync, "tg:{" + a + "}:k:" + k.key_id + ":tokens_per_minute", "t") == 20 + 21 + 22);
+}
