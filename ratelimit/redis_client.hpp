@@ -85,10 +85,11 @@ class RedisConnection {
   /// `timeout` (counted from the call, so it includes connecting). Returns {error_code, reply};
   /// the error_code is set only when no reply arrived:
   ///  - boost::asio::error::timed_out: the deadline passed. Its reply, if it comes, is discarded.
-  ///    If no reply at all arrived on the connection for the whole deadline (Redis hung, or the
-  ///    network), the connection is dropped: every other command in flight on it completes with
-  ///    boost::asio::error::connection_aborted and the next command reconnects. While replies
-  ///    keep flowing (a burst), one late command does not fail the others.
+  ///    If no reply at all arrived on the connection for (90 % of) the deadline since its
+  ///    commands were written (Redis hung, or the network), the connection is dropped: every
+  ///    other command in flight on it completes with boost::asio::error::connection_aborted and
+  ///    the next command reconnects. While replies keep flowing (a burst), one late command does
+  ///    not fail the others; nor does an event loop too busy to write its commands in time.
   ///  - connecting failed: the system error (e.g. connection_refused, also for a Unix socket
   ///    path where no socket file exists), timed_out (connect timeout), access_denied (AUTH
   ///    refused), invalid_argument (SELECT refused), host_not_found (name lookup failed).

@@ -557,6 +557,35 @@ net::awaitable<void> leave_in_flight(RedisConnection& c, Outcome* out) {
   co_await sleep_for(10ms);  // sent; then run() stops the loop with it in flight
 }
 
+/// This event loop is busy for 80 ms between sending two commands and writing them: the one with
+/// a 50 ms deadline times out, but Redis was never late, so the connection stays and the other
+/// command is answered on it.
+net::awaitable<void> late_event_loop(RedisConnection& c) {
+  auto ex = co_await net::this_coro::executor;
+  const long long id = co_await client_id(c);
+  RedisConnection::Result short_deadline, long_deadline;
+  int submitted = 0, done = 0;
+  auto send = [&](RedisConnection::Result& out, std::chrono::milliseconds t) -> net::awaitable<void> {
+    ++submitted;  // command() submits in this same handler, before its first suspension
+    out = co_await c.command(args("PING"), t);
+    ++done;
+  };
+  net::co_spawn(ex, send(short_deadline, 50ms), net::detached);
+  net::co_spawn(ex, send(long_deadline, 1000ms), net::detached);
+  // co_spawn ran both coroutines here, up to their first suspension: both commands are submitted
+  // and their write is posted to the end of this turn. Block the loop before it runs.
+  REQUIRE(submitted == 2);
+  std::this_thread::sleep_for(80ms);
+  const auto t0 = Clock::now();
+  while (done < 2 && ms_since(t0) < 2000) co_await sleep_for(5ms);
+  REQUIRE(done == 2);
+  CHECK(short_deadline.first == net::error::timed_out);
+  CHECK_FALSE(long_deadline.first);
+  CHECK(long_deadline.second.str == "PONG");
+  CHECK(c.connected());
+  CHECK(co_await client_id(c) == id);  // the same connection
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------ test cases
@@ -590,6 +619,12 @@ TEST_CASE("RedisConnection: a deadline drops the connection; the next command re
   net::io_context ioc;
   RedisConnection c(ioc.get_executor(), parse_redis_url(redis_url()));
   run(ioc, timeout_then_reconnect(c));
+}
+
+TEST_CASE("RedisConnection: a late event loop times a command out but keeps the connection") {
+  net::io_context ioc;
+  RedisConnection c(ioc.get_executor(), parse_redis_url(redis_url()));
+  run(ioc, late_event_loop(c));
 }
 
 TEST_CASE("RedisConnection: a paused server times out, then answers on a new connection") {
