@@ -76,32 +76,16 @@ bool inspect_event(std::string_view ev, const RequestCtx& ctx, Outcome& out) {
 
 template <class Stream>
 awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, beast::tcp_stream& client,
-                                      App& app, RequestCtx& ctx, Outcome& out, bool& upstream_reusable) {
+                                      const std::string& fixed_fields, App& app, RequestCtx& ctx, Outcome& out,
+                                      bool& upstream_reusable) {
   const Config& cfg = app.cfg;
   upstream_reusable = false;
   std::string body = wire::upstream_body(ctx.body, ctx.endpoint, ctx.req, ctx.default_cap);
   std::string head;
-  head.reserve(256 + cfg.upstream_key.size());
+  head.reserve(128 + fixed_fields.size());
   http_head::request_line(head, "POST", cfg.upstream.base_path, ctx.upstream_path);
-  // Host and key come from the configuration, checked at start (no CR/LF): appended as they are.
-  bool default_port = cfg.upstream.port == (cfg.upstream.tls ? "443" : "80");
-  if (default_port) {
-    http_head::field(head, "Host", cfg.upstream.host);
-  } else {
-    head += "Host: ";
-    head += cfg.upstream.host;
-    head += ':';
-    head += cfg.upstream.port;
-    head += "\r\n";
-  }
-  if (!cfg.upstream_key.empty()) {
-    head += "Authorization: Bearer ";
-    head += cfg.upstream_key;
-    head += "\r\n";
-  }
-  http_head::field(head, "Content-Type", "application/json");
+  head += fixed_fields;  // Host, Authorization, Content-Type, User-Agent
   http_head::field(head, "Accept", ctx.client_accept.empty() ? "application/json" : ctx.client_accept);
-  http_head::field(head, "User-Agent", "tollgate/0.1");
   http_head::finish(head, body.size(), true);
 
   beast::get_lowest_layer(up).expires_after(cfg.upstream_response_timeout);
@@ -246,7 +230,8 @@ awaitable<bool> forward(beast::tcp_stream& client, App& app, UpstreamPool& pool,
   bool reusable = false;
   if (conn) {
     ec = co_await std::visit(
-        [&](auto& s) { return exchange(s, conn->buffer, client, app, ctx, out, reusable); }, conn->stream);
+        [&](auto& s) { return exchange(s, conn->buffer, client, pool.fixed_fields(), app, ctx, out, reusable); },
+        conn->stream);
   }
   if (!ec) {
     if (reusable) pool.release(std::move(conn));

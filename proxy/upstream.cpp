@@ -20,7 +20,12 @@ net::ssl::context make_upstream_tls_context() {
 }
 
 UpstreamPool::UpstreamPool(net::any_io_executor ex, const Config& cfg, net::ssl::context& tls)
-    : ex_(ex), cfg_(cfg), tls_(tls), resolver_(ex) {}
+    : ex_(ex), cfg_(cfg), tls_(tls), resolver_(ex) {
+  const bool default_port = cfg.upstream.port == (cfg.upstream.tls ? "443" : "80");
+  fixed_fields_ = "Host: " + cfg.upstream.host + (default_port ? "" : ":" + cfg.upstream.port) + "\r\n";
+  if (!cfg.upstream_key.empty()) fixed_fields_ += "Authorization: Bearer " + cfg.upstream_key + "\r\n";
+  fixed_fields_ += "Content-Type: application/json\r\nUser-Agent: tollgate/0.1\r\n";
+}
 
 namespace {
 /// True if the peer has closed (or sent unsolicited bytes on) an idle connection: a

@@ -15,6 +15,7 @@
 #include <boost/beast/ssl/ssl_stream.hpp>
 
 #include <memory>
+#include <string>
 #include <variant>
 #include <vector>
 
@@ -61,9 +62,15 @@ class UpstreamPool {
 
   std::size_t idle() const { return idle_.size(); }
 
+  /// The upstream request's fields that never change, each "name: value\r\n": Host,
+  /// Authorization (the operator's key), Content-Type and User-Agent. Built once from the
+  /// configuration, whose host and key were checked at start (no CR, LF or NUL).
+  const std::string& fixed_fields() const { return fixed_fields_; }
+
  private:
   net::any_io_executor ex_;
   const Config& cfg_;
+  std::string fixed_fields_;
   net::ssl::context& tls_;
   net::ip::tcp::resolver resolver_;
   std::vector<std::unique_ptr<UpstreamConnection>> idle_;
