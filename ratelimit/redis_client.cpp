@@ -276,8 +276,7 @@ struct Link : std::enable_shared_from_this<Link> {
   /// written before was unanswered. A command's deadline counts from its call, but the link is
   /// judged from this: commands this event loop was too busy to write do not make Redis late.
   Clock::time_point last_progress_ = Clock::now();
-  std::uint64_t submitted_ = 0;     ///< commands queued on this link
-  std::uint64_t answered_ = 0;      ///< replies (or failures) received for them
+  std::uint64_t submitted_ = 0;     ///< commands queued on this link (answered: all but inflight_)
   std::uint64_t written_upto_ = 0;  ///< submitted_ at the last write
 
   bool alive() const { return ac_ != nullptr; }
@@ -335,7 +334,7 @@ struct Link : std::enable_shared_from_this<Link> {
 
   /// Writes what hiredis has queued (also completes a non-blocking connect).
   void write() noexcept {
-    const bool was_connected = connected_, nothing_on_wire = answered_ >= written_upto_;
+    const bool was_connected = connected_, nothing_on_wire = submitted_ - inflight_.size() >= written_upto_;
     redisAsyncHandleWrite(ac_);
     if (!connected_) return;
     if (nothing_on_wire || !was_connected) last_progress_ = Clock::now();
@@ -471,7 +470,6 @@ void on_reply(redisAsyncContext* ac, void* reply, void* privdata) noexcept {
   }
   std::shared_ptr<Pending> p = std::move(l->inflight_.front());
   l->inflight_.pop_front();
-  ++l->answered_;
   l->last_progress_ = Clock::now();
   if (p->done) return;  // timed out or abandoned: discard
   try {
