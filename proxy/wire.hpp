@@ -83,6 +83,11 @@ class SseSplitter {
         }
         continue;
       }
+      if (event_just_ended_) {  // a lone CR ended the event; this byte starts the next one
+        event_just_ended_ = false;
+        on_event(std::string_view(buf_).substr(start, i - start));
+        start = i;
+      }
       after_cr_ = c == '\r';
       if (c == '\n' || c == '\r') {
         if (line_empty_) {
@@ -96,11 +101,6 @@ class SseSplitter {
         }
         line_empty_ = true;
       } else {
-        if (event_just_ended_) {  // lone CR ended the event
-          event_just_ended_ = false;
-          on_event(std::string_view(buf_).substr(start, i - start));
-          start = i;
-        }
         line_empty_ = false;
       }
     }
