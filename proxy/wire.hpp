@@ -16,7 +16,8 @@ struct ParsedRequest {
   std::string model;
   bool stream = false;
   std::optional<std::int64_t> max_tokens;  ///< max_tokens, else max_completion_tokens
-  bool has_stream_options = false;
+  bool max_tokens_null = false;     ///< `"max_tokens": null` was sent (upstream_body replaces it)
+  bool has_stream_options = false;  ///< `stream_options` was sent (an object or null)
   bool include_usage = false;  ///< the client asked for the usage chunk (stream_options)
 };
 
@@ -27,8 +28,9 @@ struct RequestError {
   std::string code;
 };
 
-/// Parses and validates a request body with simdjson. `body` is copied into a padded buffer
-/// only when its capacity lacks simdjson's padding. Returns the fields or a 400 error.
+/// Parses and validates a request body with simdjson (the whole document must be valid JSON;
+/// the fields above may appear once each). `body` is copied into a padded buffer only when its
+/// capacity lacks simdjson's padding. Returns the fields or a 400 error.
 std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err);
 
 /// The body to send upstream: the client's body with, where absent,
