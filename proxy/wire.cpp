@@ -151,9 +151,12 @@ std::optional<ChunkInfo> inspect_json(std::string_view json) {
     if (key == "id") {
       std::string_view id;
       if (v.get_string().get(id) == simdjson::SUCCESS) info.generation_id = std::string(id);
+      else info.generation_id.reset();
     } else if (key == "error") {
-      if (!v.is_null().value_unsafe()) info.error = true;
+      info.error = !v.is_null().value_unsafe();
     } else if (key == "choices") {
+      have_choices = choices_empty = false;
+      info.finish_reason.reset();
       od::array arr;
       if (v.get_array().get(arr) != simdjson::SUCCESS) continue;
       have_choices = true;
@@ -163,12 +166,20 @@ std::optional<ChunkInfo> inspect_json(std::string_view json) {
         od::object c;
         if (el.get_object().get(c) != simdjson::SUCCESS) continue;
         std::string_view fr;
-        if (c.find_field_unordered("finish_reason").get_string().get(fr) == simdjson::SUCCESS)
-          info.finish_reason = std::string(fr);
+        bool have_fr = false;  // the last finish_reason of this choice is a string
+        for (auto cf : c) {
+          std::string_view ck;
+          if (cf.unescaped_key().get(ck) != simdjson::SUCCESS) break;
+          if (ck == "finish_reason") have_fr = cf.value().get_string().get(fr) == simdjson::SUCCESS;
+        }
+        if (have_fr) info.finish_reason = std::string(fr);
       }
     } else if (key == "usage") {
       od::object u;
-      if (v.get_object().get(u) != simdjson::SUCCESS) continue;  // null
+      if (v.get_object().get(u) != simdjson::SUCCESS) {  // null
+        info.usage.reset();
+        continue;
+      }
       Usage usage;
       for (auto uf : u) {
         std::string_view uk;
@@ -177,10 +188,10 @@ std::optional<ChunkInfo> inspect_json(std::string_view json) {
         if (uf.value().get(uv) != simdjson::SUCCESS) break;
         if (uk == "prompt_tokens") {
           std::int64_t n;
-          if (uv.get_int64().get(n) == simdjson::SUCCESS) usage.prompt_tokens = n;
+          usage.prompt_tokens = uv.get_int64().get(n) == simdjson::SUCCESS ? n : 0;
         } else if (uk == "completion_tokens") {
           std::int64_t n;
-          if (uv.get_int64().get(n) == simdjson::SUCCESS) usage.completion_tokens = n;
+          usage.completion_tokens = uv.get_int64().get(n) == simdjson::SUCCESS ? n : 0;
         } else if (uk == "cost") {
           std::string_view raw;
           if (uv.type().value_unsafe() == od::json_type::number) {
@@ -188,6 +199,8 @@ std::optional<ChunkInfo> inspect_json(std::string_view json) {
             while (!raw.empty() && (raw.back() == ' ' || raw.back() == '\n' || raw.back() == '\r' || raw.back() == '\t'))
               raw.remove_suffix(1);
             usage.cost_usd = std::string(raw);
+          } else {
+            usage.cost_usd.reset();
           }
         }
       }

@@ -55,8 +55,9 @@ struct ChunkInfo {
   std::optional<std::string> finish_reason;
 };
 
-/// Reads usage/error/id from a complete JSON document (response body or chunk data).
-/// nullopt if it is not a JSON object.
+/// Reads usage/error/id from a complete JSON document (response body or chunk data). Of a
+/// repeated key the last one counts, as for JavaScript's JSON.parse (the client's SDK) and most
+/// parsers. nullopt if it is not a JSON object.
 std::optional<ChunkInfo> inspect_json(std::string_view json);
 
 /// Cheap check (no parse) whether a chunk carries visible output (non-empty delta content,

@@ -106,6 +106,22 @@ TEST_CASE("a null max_tokens or stream_options is replaced upstream, never sent 
   CHECK(up["stream_options"].as_object()["include_usage"].as_bool());
 }
 
+TEST_CASE("usage extraction: of a repeated key the last one counts, as for JSON.parse") {
+  auto a = inspect_json(R"({"id":"a","id":7,"usage":{"prompt_tokens":5,"completion_tokens":5},"usage":null})");
+  REQUIRE(a);
+  CHECK_FALSE(a->generation_id);
+  CHECK_FALSE(a->usage);
+  auto b = inspect_json(R"({"error":{"code":1},"error":null,"usage":{"prompt_tokens":5,"prompt_tokens":"x","cost":1,"cost":null}})");
+  REQUIRE(b);
+  CHECK_FALSE(b->error);
+  REQUIRE(b->usage);
+  CHECK(b->usage->prompt_tokens == 0);
+  CHECK_FALSE(b->usage->cost_usd);
+  auto c = inspect_json(R"({"choices":[{"finish_reason":"stop","finish_reason":null}],"choices":7})");
+  REQUIRE(c);
+  CHECK_FALSE(c->finish_reason);
+}
+
 TEST_CASE("usage extraction from a response and from the final stream chunk") {
   auto info = inspect_json(R"({"id":"gen-9","choices":[{"message":{"content":"x"},"finish_reason":"stop"}],)"
                            R"("usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15,"cost":1.5e-05,)"
