@@ -28,6 +28,26 @@ simdjson::padded_string_view padded(std::string& s) {
   return simdjson::padded_string_view(s.data(), s.size(), s.capacity());
 }
 
+/// True if `s` is exactly a JSON number (RFC 8259 §6).
+bool is_json_number(std::string_view s) noexcept {
+  std::size_t i = 0;
+  auto digits = [&] {
+    std::size_t from = i;
+    while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
+    return i > from;
+  };
+  if (i < s.size() && s[i] == '-') ++i;
+  if (i < s.size() && s[i] == '0') ++i;
+  else if (!digits()) return false;
+  if (i < s.size() && s[i] == '.' && (++i, !digits())) return false;
+  if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+    ++i;
+    if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+    if (!digits()) return false;
+  }
+  return i == s.size();
+}
+
 std::string json_escape(std::string_view s) {
   return boost::json::serialize(boost::json::string_view(s.data(), s.size()));
 }
@@ -198,10 +218,10 @@ std::optional<ChunkInfo> inspect_json(std::string_view json) {
             raw = uv.raw_json_token();
             while (!raw.empty() && (raw.back() == ' ' || raw.back() == '\n' || raw.back() == '\r' || raw.back() == '\t'))
               raw.remove_suffix(1);
-            usage.cost_usd = std::string(raw);
-          } else {
-            usage.cost_usd.reset();
           }
+          // On-demand only looks at the first character: "1e:400" or "12abc" are no cost.
+          if (is_json_number(raw)) usage.cost_usd = std::string(raw);
+          else usage.cost_usd.reset();
         }
       }
       info.usage = usage;

@@ -122,6 +122,18 @@ TEST_CASE("usage extraction: of a repeated key the last one counts, as for JSON.
   CHECK_FALSE(c->finish_reason);
 }
 
+TEST_CASE("a usage.cost that is not exactly a JSON number is no cost") {
+  // Found by tests/fuzz: on-demand reads a number's type from its first character only.
+  for (const char* bad : {R"({"usage":{"cost":1e:400}})", R"({"usage":{"cost":12abc}})", R"({"usage":{"cost":-}})"}) {
+    auto d = inspect_json(bad);
+    CAPTURE(bad);
+    CHECK_FALSE((d && d->usage && d->usage->cost_usd));
+  }
+  auto e = inspect_json(R"({"usage":{"cost":-0.5e-3 }})");
+  REQUIRE((e && e->usage && e->usage->cost_usd));
+  CHECK(*e->usage->cost_usd == "-0.5e-3");
+}
+
 TEST_CASE("usage extraction from a response and from the final stream chunk") {
   auto info = inspect_json(R"({"id":"gen-9","choices":[{"message":{"content":"x"},"finish_reason":"stop"}],)"
                            R"("usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15,"cost":1.5e-05,)"
