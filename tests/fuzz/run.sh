@@ -24,13 +24,21 @@ if ((${#targets[@]} == 0)); then
   read -r -a targets < <(sed -n 's/^set(TOLLGATE_FUZZ_TARGETS \(.*\))$/\1/p' tests/fuzz/CMakeLists.txt)
 fi
 
+bash deploy/install-deps.sh
+# clang and its libFuzzer runtime (Debian 12: clang 14; the runtime is only recommended by clang).
+missing=()
+for p in clang libclang-rt-14-dev; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "fuzz: installing ${missing[*]}" >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 if [ ! -f "$build/CMakeCache.txt" ]; then  # the compiler is chosen once per build directory
-  clang=$(command -v clang++ || command -v clang++-14 || true)
-  if [ -z "$clang" ]; then
-    echo "fuzz: clang++ is needed (Debian: apt-get install clang)" >&2
-    exit 1
-  fi
-  cmake -S . -B "$build" -DCMAKE_CXX_COMPILER="$clang" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTOLLGATE_FUZZ=ON >/dev/null
+  cmake -S . -B "$build" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTOLLGATE_FUZZ=ON >/dev/null
 fi
 cmake --build "$build" -j "$(nproc)" --target "${targets[@]/#/fuzz_}"
 
