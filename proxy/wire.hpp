@@ -48,7 +48,7 @@ std::string upstream_body(std::string_view body, Endpoint ep, const ParsedReques
 ///    says (capping it at the request's hold is a separate rule).
 ///  - `cost` is kept only when it is a JSON number in [0, max_request_picos] (USD 1,000,000);
 ///    a negative, non-numeric or larger one (a 30-digit `cost`) is not believed, and the request
-///    is priced from its token counts, as when billing.cost_from_upstream is off.
+///    is priced from its token counts, as with billing.cost_source = "prices".
 struct Usage {
   static constexpr std::int64_t max_tokens = 1'000'000'000;
   std::int64_t prompt_tokens = 0;      ///< in [0, max_tokens]
