@@ -57,16 +57,17 @@ std::optional<Recorded> record(App& app, const RequestCtx& ctx, const Outcome& o
   r.model = ctx.req.model;
   r.created_at_us = ctx.started_us;
   std::optional<pricing::Picos> reported_cost;
-  if (out.usage) {
+  if (out.usage && !out.undelivered_output) {
     r.prompt_tokens = out.usage->prompt_tokens;
     r.completion_tokens = out.usage->completion_tokens;
     if (app.cfg.cost_from_upstream && out.usage->cost_usd)
       reported_cost = pricing::parse_decimal(*out.usage->cost_usd, 12);
   } else if (out.delivered_chunks > 0) {
-    // The stream ended without a usage chunk (client abort, upstream cut): bill what was
-    // delivered — one token per content chunk, and the prompt at ~4 bytes per token.
-    r.prompt_tokens = static_cast<std::int64_t>((ctx.body.size() + 3) / 4);
-    r.completion_tokens = out.delivered_chunks;
+    // The stream ended without a usage chunk (client abort, upstream cut), or the client left
+    // before output the usage counts reached it: bill what was delivered — one token per
+    // content chunk, and the prompt as the upstream counted it, else at ~4 bytes per token.
+    r.prompt_tokens = out.usage ? out.usage->prompt_tokens : static_cast<std::int64_t>((ctx.body.size() + 3) / 4);
+    r.completion_tokens = std::min(out.delivered_chunks, wire::Usage::max_tokens);
   }
   if (out.client_aborted) r.status = "client_aborted";
   else if (out.upstream_aborted) r.status = "upstream_aborted";
