@@ -89,12 +89,11 @@ awaitable<HeadRead> read_head(beast::tcp_stream& client, beast::flat_buffer& buf
 
 awaitable<HeadRead> read_body(beast::tcp_stream& client, beast::flat_buffer& buf, RequestParser& parser,
                               const Config& cfg) {
-  parser.eager(true);
   for (;;) {
     if (parser.is_done()) co_return HeadRead::of(HeadRead::State::ok);
     if (buf.size() > 0) {
       beast::error_code ec;
-      std::size_t used = parser.put(buf.data(), ec);
+      std::size_t used = parser.put_body(buf.data(), ec);
       buf.consume(used);
       if (ec && ec != http::error::need_more) co_return HeadRead::of(HeadRead::State::rejected, parser.rejection(ec));
       if (parser.is_done()) co_return HeadRead::of(HeadRead::State::ok);

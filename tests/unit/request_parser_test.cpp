@@ -108,6 +108,11 @@ TEST_CASE("chunk framing: extensions up to 8 KiB, nothing malformed") {
   CHECK(status_of(post_head + "Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n") == 400);
   CHECK(status_of(post_head + "Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n") == 400);
   CHECK(status_of(post_head + "Transfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n") == 400);
+  // a chunk-size line over 8 KiB, even of leading zeros, or with a bare LF, is refused at once
+  CHECK(status_of(post_head + "Transfer-Encoding: chunked\r\n\r\n" + std::string(9000, '0') + "5\r\nhello\r\n0\r\n\r\n") == 400);
+  CHECK(status_of(post_head + "Transfer-Encoding: chunked\r\n\r\n" + std::string(8000, '0') + "5\r\nhello\r\n0\r\n\r\n") == 0);
+  CHECK(status_of(post_head + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\n\r\n") == 400);
+  CHECK(status_of(post_head + "Transfer-Encoding: chunked\r\n\r\n" + std::string(9000, '0')) == 400);
   // a chunk-size line that never ends is refused once it cannot fit the read buffer
   CHECK(status_of(post_head + "Transfer-Encoding: chunked\r\n\r\n5;" + std::string(40 * 1024, 'e')) == 400);
 }
@@ -123,7 +128,7 @@ TEST_CASE("methods no route accepts, targets outside RFC 3986, other HTTP versio
   CHECK(abs.header.target() == "/v1/models?x=1");
   CHECK(status_of("GET /v1/models HTTP/2.0\r\nHost: a\r\n\r\n") == 505);
   CHECK(status_of("GET /v1/models HTTP/0.9\r\nHost: a\r\n\r\n") == 505);
-  CHECK(parse("GET /v1/models HTTP/1.2\r\nHost: a\r\n\r\n").header.version() == 11);
+  CHECK(status_of("GET /v1/models HTTP/1.2\r\nHost: a\r\n\r\n") == 505);  // Beast 1.81 reads only 1.0/1.1
   CHECK(status_of("GET /v1/models FOO/1.1\r\nHost: a\r\n\r\n") == 400);
 }
 
