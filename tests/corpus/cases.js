@@ -21,7 +21,8 @@
 //           responses    instead of status: one entry per response (pipelining)
 //           conn         'closed' (the peer closes after the last response), 'open' (a follow-up
 //                        GET /v1/models on the same socket is answered 200) or 'any'
-//           upstream     how many requests the logging upstream must receive (0: not one byte)
+//           upstream     how many requests the logging upstream must receive (0: not one byte);
+//                        or { status: count } when several statuses are acceptable
 //           path         the upstream path of forwarded requests
 //           sse          the answer is an event stream that ends with data: [DONE]
 //           continue     parts: send the head, require "100 Continue", then the body
@@ -377,8 +378,8 @@ add('public-metrics', models([], { line: 'GET /metrics HTTP/1.1' }), local(404),
 // ---------------------------------------------------------------------------------------------
 category = 'targets'; // origin-form of RFC 3986 characters (absolute-form accepted, RFC 9112 §3.2.2)
 const badTarget = { space: ' ', quote: '"', lt: '<', gt: '>', backslash: '\\', 'brace-open': '{', 'brace-close': '}', caret: '^', backtick: '`', pipe: '|',
-  'bracket-open': '[', 'bracket-close': ']', hash: '#', tab: '\t', del: '\x7f', 'utf8-e-acute': '\xc3\xa9', 'latin1-byte': '\xe9', 'pct-bad-hex': '%zz', 'pct-one-digit': '%4',
-  'pct-at-end': '%', nul: '\x00' };
+  'bracket-open': '[', 'bracket-close': ']', hash: '#', tab: '\t', del: '\x7f', 'utf8-e-acute': '\xc3\xa9', 'latin1-byte': '\xe9', 'pct-bad-hex': '%zz', 'pct-one-digit': '%4g',
+  'pct-truncated': '%', nul: '\x00' };
 for (const [name, ch] of Object.entries(badTarget))
   add(`query-${name}`, models([], { line: `GET /v1/models?q=a${ch}b HTTP/1.1` }), reject());
 add('path-space', models([], { line: 'GET /v1/mo dels HTTP/1.1' }), reject());
@@ -409,9 +410,11 @@ add('http-3.0', models([], { line: 'GET /v1/models HTTP/3.0' }), reject(505));
 add('http-0.9', models([], { line: 'GET /v1/models HTTP/0.9' }), reject(505));
 add('http-9.9', models([], { line: 'GET /v1/models HTTP/9.9' }), reject(505));
 add('http-2.0-post', chat([], { line: 'POST /v1/chat/completions HTTP/2.0' }), reject(505));
-add('http-1.2', models([], { line: 'GET /v1/models HTTP/1.2' }), local(),
-  { why: 'RFC 9110 §6.2/§2.5: a higher minor version of 1.x is processed as 1.1' });
-add('http-1.9-post', chat([], { line: 'POST /v1/chat/completions HTTP/1.9' }), forwarded());
+// RFC 9110 §2.5: a higher minor version of 1.x SHOULD be processed as 1.1 (200); refusing it as
+// a version other than 1.0/1.1 is 505. A 400 is neither.
+add('http-1.2', models([], { line: 'GET /v1/models HTTP/1.2' }), { status: [200, 505], conn: 'any', upstream: 0 },
+  { why: 'RFC 9110 §2.5 (SHOULD process as 1.1) or 505 for a version other than 1.0/1.1' });
+add('http-1.9-post', chat([], { line: 'POST /v1/chat/completions HTTP/1.9' }), { status: [200, 505], conn: 'any', upstream: { 200: 1, 505: 0 } });
 add('http-0.9-style', models([], { line: 'GET /v1/models' }), reject([400, 505]));
 add('lowercase-name', models([], { line: 'GET /v1/models http/1.1' }), reject(), { why: 'HTTP-name is case-sensitive' });
 add('no-minor', models([], { line: 'GET /v1/models HTTP/1' }), reject([400, 505]));

@@ -15,6 +15,7 @@ import { after, before, describe, it } from 'node:test';
 
 import { sleep, useHarness } from '../e2e/harness.js';
 import cases, { KEY_LEN } from './cases.js';
+import { expandCase } from './expand.js';
 import { fieldValues, RawConnection, show } from './http_wire.js';
 import { startLoggingUpstream } from './logging_upstream.js';
 
@@ -51,71 +52,8 @@ function setUp() {
   });
 }
 
-// ---------------------------------------------------------------------------------------------
-// Expansion of a case's raw bytes
-
-function bodiesFor(id) {
-  const model = h.model;
-  const content = `corpus:${id}`;
-  const chat = { model, messages: [{ role: 'user', content }], max_tokens: 3 };
-  const completion = { model, prompt: content, max_tokens: 3 };
-  const smuggledBody = JSON.stringify({ model, messages: [{ role: 'user', content: `${content}:smuggled` }], max_tokens: 3 });
-  const host = `127.0.0.1:${port}`;
-  return {
-    chat: JSON.stringify(chat),
-    chat_stream: JSON.stringify({ ...chat, stream: true }),
-    chat_usage: JSON.stringify({ ...chat, stream: true, stream_options: { include_usage: true } }),
-    completion: JSON.stringify(completion),
-    completion_stream: JSON.stringify({ ...completion, stream: true }),
-    embedding: JSON.stringify({ model, input: content }),
-    smuggle:
-      `POST /v1/chat/completions HTTP/1.1\r\nHost: ${host}\r\nAuthorization: Bearer ${h.key}\r\n` +
-      `Content-Type: application/json\r\nContent-Length: ${smuggledBody.length}\r\n\r\n${smuggledBody}`,
-    models: `GET /v1/models HTTP/1.1\r\nHost: ${host}\r\nAuthorization: Bearer ${h.key}\r\n\r\n`,
-  };
-}
-
-const hex = (n) => n.toString(16);
-function chunks(s, pieces) {
-  return pieces.map(([p, ext = '']) => `${hex(p.length)}${ext}\r\n${p}\r\n`).join('') + '0\r\n\r\n';
-}
-const PLACEHOLDER =
-  /\{(key2|key|host|model|(chat|chat_stream|chat_usage|completion|completion_stream|embedding|smuggle|models)(?:\.(len|hex8|hex|chunked3|chunked|bytewise))?)\}/g;
-
-/** A case's raw template (string or parts) → array of latin1 strings. */
-function expand(c) {
-  const b = bodiesFor(c.id);
-  const one = (t) => {
-    let s = t.replace(PLACEHOLDER, (_, all, name, form) => {
-      if (all === 'key') return h.key;
-      if (all === 'key2') return key2;
-      if (all === 'host') return `127.0.0.1:${port}`;
-      if (all === 'model') return h.model;
-      const v = b[name];
-      switch (form) {
-        case undefined: return v;
-        case 'len': return String(v.length);
-        case 'hex': return hex(v.length);
-        case 'hex8': return hex(v.length).padStart(8, '0');
-        case 'chunked': return chunks(v, [[v]]);
-        case 'chunked3': {
-          const a = Math.floor(v.length / 3);
-          return chunks(v, [[v.slice(0, a)], [v.slice(a, 2 * a), ';corpus=1'], [v.slice(2 * a)]]);
-        }
-        case 'bytewise': return chunks(v, [...v].map((ch) => [ch]));
-        default: throw new Error(`unknown form ${form}`);
-      }
-    });
-    for (let at = s.indexOf('{rest.len}'); at >= 0; at = s.indexOf('{rest.len}')) {
-      const end = s.indexOf('\r\n\r\n', at);
-      if (end < 0) throw new Error(`${c.id}: {rest.len} without a blank line after it`);
-      s = s.slice(0, at) + String(s.length - (end + 4) - 0) + s.slice(at + '{rest.len}'.length);
-      // the rest's length does not depend on the text before it, so no fix-up is needed
-    }
-    return s;
-  };
-  return (Array.isArray(c.raw) ? c.raw : [c.raw]).map(one);
-}
+/** A case's parts to send, for this run's key, host and model. */
+const expand = (c) => expandCase(c, { key: h.key, key2, host: `127.0.0.1:${port}`, model: h.model });
 
 /** The self-checks of cases.js (byte counts of the expanded request). */
 function selfCheck(c, bytes) {
@@ -200,6 +138,7 @@ async function runCase(c) {
   const failures = [];
   const fail = (m) => failures.push(m);
   const seen = [];
+  let firstStatus;
   const conn = await RawConnection.open(port);
   try {
     const wants = c.expect.responses ?? [c.expect.status];
@@ -229,6 +168,7 @@ async function runCase(c) {
         break;
       }
       seen.push(r.response.status);
+      firstStatus ??= r.response.status;
       checkResponse(c, r.response, wants[i], i === wants.length - 1, fail);
     }
     if (c.expect.noContinue && interim.some((r) => r.status === 100)) fail('sent 100 Continue for a request it refuses');
@@ -260,7 +200,7 @@ async function runCase(c) {
   // The upstream
   await sleep(SETTLE_MS);
   const ups = upstream.requests.slice(upFrom);
-  const want = c.expect.upstream;
+  const want = typeof c.expect.upstream === 'object' ? (c.expect.upstream[firstStatus] ?? 0) : c.expect.upstream;
   if (want === 0 && upstream.bytes !== bytesFrom)
     fail(`the upstream received ${upstream.bytes - bytesFrom} bytes, expected none:\n${upstream.describe(upFrom)}`);
   else if (ups.length !== want) fail(`the upstream received ${ups.length} requests, expected ${want}:\n${upstream.describe(upFrom)}`);
@@ -294,7 +234,7 @@ describe('request corpus', () => {
           res.failures = failures;
           res.pass = failures.length === 0;
           const want = c.expect.responses ?? c.expect.status;
-          assert.ok(res.pass, `${c.id}${c.why ? ` (${c.why})` : ''}\nexpected ${JSON.stringify(want)} ${c.expect.conn}, upstream ${c.expect.upstream}; got ${got}\n- ${failures.join('\n- ')}`);
+          assert.ok(res.pass, `${c.id}${c.why ? ` (${c.why})` : ''}\nexpected ${JSON.stringify(want)} ${c.expect.conn}, upstream ${JSON.stringify(c.expect.upstream)}; got ${got}\n- ${failures.join('\n- ')}`);
         });
       }
     });
