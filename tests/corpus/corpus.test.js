@@ -21,7 +21,7 @@ import { startLoggingUpstream } from './logging_upstream.js';
 
 const RESPONSE_MS = 5000; // to read one response
 const CLOSE_MS = 2000; // for the peer to close after the last response
-const ANY_CLOSE_MS = 150; // conn 'any': closed by then, or treated as open
+const ANY_CLOSE_MS = 150; // conn 'any' without Connection: close: closed by then, or treated as open
 const SETTLE_MS = 30; // after a case, for upstream bytes still in flight to be logged
 const PART_GAP_MS = 30; // between the parts of a case sent in pieces
 
@@ -100,6 +100,10 @@ function checkUpstreamRequest(c, r, fail) {
   if (c.expect.path && !r.startLine.startsWith(`POST ${c.expect.path} HTTP/1.1`)) fail(`${tag} request line ${show(r.startLine)}, expected POST ${c.expect.path}`);
 }
 
+/** True if a response carries the `close` connection option. */
+const saysClose = (res) =>
+  fieldValues(res.fields, 'connection').join(',').toLowerCase().split(',').some((t) => t.trim() === 'close');
+
 function checkResponse(c, res, want, isLast, fail) {
   const allowed = Array.isArray(want) ? want : [want];
   const tag = `response ${res.status}`;
@@ -114,11 +118,9 @@ function checkResponse(c, res, want, isLast, fail) {
     if (e && (typeof e.error?.message !== 'string' || typeof e.error?.type !== 'string' || !('code' in e.error) || !('param' in e.error)))
       fail(`${tag} body is not OpenAI's error envelope: ${show(res.body)}`);
   }
-  const connection = fieldValues(res.fields, 'connection').join(',').toLowerCase();
-  const saysClose = connection.split(',').some((t) => t.trim() === 'close');
-  if (isLast && c.expect.conn === 'closed' && c.expect.closeHeader !== false && !saysClose)
+  if (isLast && c.expect.conn === 'closed' && c.expect.closeHeader !== false && !saysClose(res))
     fail(`${tag} lacks Connection: close (the connection must close after it)`);
-  if (c.expect.conn === 'open' && saysClose) fail(`${tag} says Connection: close, the connection should stay open`);
+  if (c.expect.conn === 'open' && saysClose(res)) fail(`${tag} says Connection: close, the connection should stay open`);
   if (c.expect.sse && res.status === 200) {
     if (!/^text\/event-stream/.test(fieldValues(res.fields, 'content-type')[0] || '')) fail(`${tag} is not an event stream`);
     if (!res.body.toString('latin1').includes('data: [DONE]')) fail(`${tag} stream does not end with data: [DONE]`);
@@ -139,6 +141,7 @@ async function runCase(c) {
   const fail = (m) => failures.push(m);
   const seen = [];
   let firstStatus;
+  let lastSaysClose = false;
   const conn = await RawConnection.open(port);
   try {
     const wants = c.expect.responses ?? [c.expect.status];
@@ -169,6 +172,7 @@ async function runCase(c) {
       }
       seen.push(r.response.status);
       firstStatus ??= r.response.status;
+      lastSaysClose = saysClose(r.response);
       checkResponse(c, r.response, wants[i], i === wants.length - 1, fail);
     }
     if (c.expect.noContinue && interim.some((r) => r.status === 100)) fail('sent 100 Continue for a request it refuses');
@@ -176,7 +180,8 @@ async function runCase(c) {
     // The connection afterwards
     if (!failures.length) {
       let mode = c.expect.conn;
-      if (mode === 'any') mode = (await conn.waitClosed(ANY_CLOSE_MS)) ? 'closed' : 'open';
+      // 'any': the server's own word decides (Connection: close), or an early close
+      if (mode === 'any') mode = lastSaysClose || (await conn.waitClosed(ANY_CLOSE_MS)) ? 'closed' : 'open';
       if (mode === 'closed') {
         if (!(await conn.waitClosed(CLOSE_MS))) fail(`connection still open ${CLOSE_MS} ms after the last response`);
         if (conn.buf.length) fail(`bytes after the last response (a second answer?): ${show(conn.buf)}`);
