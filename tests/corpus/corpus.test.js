@@ -7,7 +7,7 @@
 // one, exactly one request framed by tollgate itself (one Content-Length, no Transfer-Encoding,
 // no client field, the operator's key). After the corpus the process must still be alive and
 // serve. A table of results per category is printed at the end (and written to
-// $CORPUS_SUMMARY when set).
+// $CORPUS_SUMMARY when set; every case's outcome goes to $CORPUS_RESULTS as JSON).
 
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
@@ -280,4 +280,5 @@ function printSummary() {
   const text = [...lines, ...failed].join('\n');
   console.log(`\n${text}\n`);
   if (process.env.CORPUS_SUMMARY) writeFileSync(process.env.CORPUS_SUMMARY, `${text}\n`);
+  if (process.env.CORPUS_RESULTS) writeFileSync(process.env.CORPUS_RESULTS, `${JSON.stringify(results, null, 1)}\n`);
 }
