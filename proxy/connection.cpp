@@ -1,9 +1,11 @@
 #include "proxy/connection.hpp"
 
-#include <boost/beast/http/read.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/http/error.hpp>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <memory>
 
 namespace tollgate {
 namespace http = beast::http;
@@ -28,6 +30,34 @@ HttpLimits http_limits(const Config& cfg) {
   return l;
 }
 
+namespace {
+
+/// Reads what the client sent next into `buf`, until `deadline`. Returns beast::error::timeout
+/// when it passed, http::error::buffer_overflow when `buf` is full, or the socket's error. Not
+/// tcp_stream's timeout: that closes the socket, and a client that ran out of time is owed a 408.
+awaitable<beast::error_code> read_more(beast::tcp_stream& client, beast::flat_buffer& buf, Clock::time_point deadline) {
+  std::size_t room = std::min<std::size_t>(buf.max_size() - buf.size(), 16 * 1024);
+  if (room == 0) co_return http::error::buffer_overflow;
+  auto& sock = client.socket();
+  // 0: reading, 1: the deadline cancelled the read, 2: the read completed first. Shared with the
+  // timer's handler, which may run after this frame is gone (it then touches nothing else).
+  auto state = std::make_shared<int>(0);
+  net::steady_timer timer(sock.get_executor());
+  timer.expires_at(deadline);
+  timer.async_wait([state, &sock](beast::error_code ec) {
+    if (ec || *state != 0) return;
+    *state = 1;
+    sock.cancel();  // still reading, so the socket is alive
+  });
+  auto [ec, n] = co_await sock.async_read_some(buf.prepare(room), tuple_awaitable);
+  if (*state == 1) co_return beast::error::timeout;
+  *state = 2;
+  if (!ec) buf.commit(n);
+  co_return ec;
+}
+
+}  // namespace
+
 awaitable<HeadRead> read_head(beast::tcp_stream& client, beast::flat_buffer& buf, RequestParser& parser,
                               const Config& cfg, std::optional<Clock::time_point> deadline) {
   const HttpLimits limits = http_limits(cfg);
@@ -49,13 +79,10 @@ awaitable<HeadRead> read_head(beast::tcp_stream& client, beast::flat_buffer& buf
         co_return HeadRead::of(HeadRead::State::ok);
       }
     }
-    if (deadline) client.expires_at(*deadline);
-    else client.expires_after(cfg.keepalive_timeout);
-    std::size_t room = std::min<std::size_t>(buf.max_size() - buf.size(), 16 * 1024);
-    auto [ec, n] = co_await client.async_read_some(buf.prepare(room), tuple_awaitable);
+    // Idle between requests: keepalive_timeout until a first byte, then header_timeout.
+    auto ec = co_await read_more(client, buf, deadline.value_or(Clock::now() + cfg.keepalive_timeout));
     if (ec == beast::error::timeout) co_return HeadRead::of(HeadRead::State::timed_out, {}, buf.size() > 0);
     if (ec) co_return HeadRead::of(HeadRead::State::closed);  // end of stream or reset: nothing to answer
-    buf.commit(n);
     if (!deadline) deadline = Clock::now() + cfg.header_timeout;
   }
 }
@@ -63,17 +90,22 @@ awaitable<HeadRead> read_head(beast::tcp_stream& client, beast::flat_buffer& buf
 awaitable<HeadRead> read_body(beast::tcp_stream& client, beast::flat_buffer& buf, RequestParser& parser,
                               const Config& cfg) {
   parser.eager(true);
-  while (!parser.is_done()) {
-    client.expires_after(cfg.body_idle_timeout);
-    auto [ec, n] = co_await http::async_read_some(client, buf, parser, tuple_awaitable);
-    if (!ec) continue;
+  for (;;) {
+    if (parser.is_done()) co_return HeadRead::of(HeadRead::State::ok);
+    if (buf.size() > 0) {
+      beast::error_code ec;
+      std::size_t used = parser.put(buf.data(), ec);
+      buf.consume(used);
+      if (ec && ec != http::error::need_more) co_return HeadRead::of(HeadRead::State::rejected, parser.rejection(ec));
+      if (parser.is_done()) co_return HeadRead::of(HeadRead::State::ok);
+      if (!ec && used > 0 && buf.size() > 0) continue;  // more of the buffer to parse
+    }
+    auto ec = co_await read_more(client, buf, Clock::now() + cfg.body_idle_timeout);
     if (ec == beast::error::timeout) co_return HeadRead::of(HeadRead::State::timed_out, {}, true);
-    const bool parse_error = ec.category() == beast::error_code(http::error::bad_value).category() &&
-                             ec != http::error::end_of_stream && ec != http::error::partial_message;
-    if (!parse_error) co_return HeadRead::of(HeadRead::State::closed);  // the client went away mid-body
-    co_return HeadRead::of(HeadRead::State::rejected, parser.rejection(ec));
+    // A chunk-size line longer than the read buffer: refused like other bad chunking.
+    if (ec == http::error::buffer_overflow) co_return HeadRead::of(HeadRead::State::rejected, parser.rejection(ec));
+    if (ec) co_return HeadRead::of(HeadRead::State::closed);  // the client went away mid-body
   }
-  co_return HeadRead::of(HeadRead::State::ok);
 }
 
 awaitable<void> refuse_and_close(beast::tcp_stream& client, App& app, const RequestCtx& ctx, const Rejection& why) {

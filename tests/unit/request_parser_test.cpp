@@ -1,5 +1,6 @@
 // The strict request parser (proxy/request_parser.hpp): what RFC 9112 says to reject, and what
 // Beast 1.81 alone accepts or throws on.
+#include "proxy/connection_limiter.hpp"
 #include "proxy/request_parser.hpp"
 
 #include <catch2/catch.hpp>
@@ -131,4 +132,26 @@ TEST_CASE("an incomplete request asks for more") {
   CHECK(parse(post_head).state == State::need_more);
   CHECK(parse(post_head + "Content-Length: 5\r\n\r\nhel").state == State::need_more);
   CHECK(parse("\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: a\r\n\r\n").state == State::complete);
+}
+
+TEST_CASE("connection caps: total and per client address, slots given back") {
+  ConnectionLimiter limiter(3, 2);
+  auto a = boost::asio::ip::make_address("192.0.2.1"), b = boost::asio::ip::make_address("192.0.2.2");
+  ConnectionLimiter::Refusal why;
+  auto s1 = limiter.acquire(a, why);
+  auto s2 = limiter.acquire(a, why);
+  CHECK((s1 && s2 && why == ConnectionLimiter::Refusal::none));
+  CHECK(!limiter.acquire(a, why));
+  CHECK(why == ConnectionLimiter::Refusal::per_address);
+  auto s3 = limiter.acquire(b, why);
+  CHECK(s3);
+  CHECK(!limiter.acquire(b, why));
+  CHECK(why == ConnectionLimiter::Refusal::total);
+  CHECK(limiter.open() == 3);
+  {
+    auto moved = std::move(s1);  // a moved-from slot gives nothing back twice
+  }
+  CHECK(limiter.open() == 2);
+  CHECK(limiter.acquire(a, why));  // released again at the end of this statement
+  CHECK(limiter.open() == 2);
 }
