@@ -266,7 +266,12 @@ export class Harness {
     return { key, keyId: m[1] };
   }
 
-  async start() {
+  /**
+   * Prices, the stub, one `tollgate serve` and the main account. `upstream(stubUrl)`, when given,
+   * returns the upstream base URL that proxy uses instead of the stub's own (e.g. a recording
+   * relay in front of the stub).
+   */
+  async start({ upstream } = {}) {
     // Prices and the pricing rule first, so the proxy's first pricing snapshot has them.
     await tollgate('prices', 'set', this.model, this.promptPrice, this.completionPrice, '--context-length', '8192');
     await psql(
@@ -276,7 +281,7 @@ export class Harness {
     const stub = await this.startStub();
     this.stub = stub;
     this.stubUrl = stub.url;
-    const proxy = await this.startProxy();
+    const proxy = await this.startProxy(upstream ? { upstreamUrl: await upstream(stub.url) } : {});
     this.proxy = proxy;
     this.url = proxy.url;
     this.adminUrl = proxy.adminUrl;
@@ -393,11 +398,14 @@ export class Harness {
   }
 }
 
-/** Creates a Harness and registers node:test before/after hooks that start and stop it. */
-export function useHarness() {
+/**
+ * Creates a Harness and registers node:test before/after hooks that start and stop it;
+ * `options` go to Harness.start().
+ */
+export function useHarness(options = {}) {
   const h = new Harness();
   before(async () => {
-    await h.start();
+    await h.start(options);
   }, { timeout: 60_000 });
   after(async () => {
     await h.stop();
