@@ -29,6 +29,18 @@ if (!DATABASE_URL) {
 export const TOLLGATE_BIN = resolve(process.env.TOLLGATE_BIN || join(HERE, '../../build/bin/tollgate'));
 export const STUB_BIN = resolve(process.env.TOLLGATE_STUB_BIN || join(HERE, '../../build/bin/tollgate-stub'));
 
+/** Reads a fetch Response whole: { status, headers, text, json } (json undefined if not JSON). */
+export async function readResponse(res) {
+  const text = await res.text();
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, headers: res.headers, text, json };
+}
+
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 export const randomSuffix = (bytes = 6) => randomBytes(bytes).toString('hex');
 
