@@ -28,11 +28,14 @@ for i = 1, nwin do
   local lo = w.cur - w.nb            -- buckets lo..cur are counted (nb + 1 of them)
   local h = redis.call('HMGET', w.key, 't', 'o')
   w.total = tonumber(h[1]) or 0
-  local oldest = tonumber(h[2]) or lo
+  -- No bucket is older than 'o'; a window without it has no buckets at all (admission writes
+  -- 'o' whenever it adds one), so its oldest possible bucket is the current one.
+  local oldest = tonumber(h[2]) or w.cur
   if oldest < lo then
     if lo - oldest > w.nb then       -- idle for longer than the window: nothing is live
       redis.call('DEL', w.key)
       w.total = 0
+      oldest = w.cur
     else
       for b = oldest, lo - 1 do
         local v = redis.call('HGET', w.key, b)
@@ -41,8 +44,9 @@ for i = 1, nwin do
           redis.call('HDEL', w.key, b)
         end
       end
+      oldest = lo
+      w.changed = true               -- buckets left the window: 't' and 'o' must follow
     end
-    oldest = lo
   end
   w.oldest = oldest
   wins[i] = w
@@ -63,6 +67,9 @@ for i = 1, nwin do
   end
 end
 
+-- Writes a window back only if this call changed it: a refusal (rate limit, balance) that
+-- expired no bucket writes nothing. (Its expiry need not move: every bucket in it is younger
+-- than the PEXPIRE set when it was added.)
 local function persist_windows(admit)
   for i = 1, nwin do
     local w = wins[i]
@@ -70,7 +77,7 @@ local function persist_windows(admit)
       redis.call('HINCRBY', w.key, w.cur, w.cost)
       w.total = w.total + w.cost
     end
-    if w.total > 0 or admit then
+    if admit or w.changed then
       redis.call('HSET', w.key, 't', w.total, 'o', w.oldest)
       redis.call('PEXPIRE', w.key, w.win + 2 * w.g)
     end

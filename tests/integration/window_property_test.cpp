@@ -138,3 +138,31 @@ TEST_CASE("sliding windows at saturation admit at least N·B/(B+1) per window") 
   CHECK(per_window <= limit);
   CHECK(per_window >= static_cast<double>(limit) * buckets / (buckets + 1) - 1);
 }
+
+TEST_CASE("sliding windows: buckets expired by a refused request stay expired") {
+  // 5 admitted at t0 fill a window of 5 (1 min, 60 buckets); one more is refused at t0 + 50 s.
+  // At t0 + 62 s (PEXPIRE runs on Redis' own clock, so the hash is still there) a request
+  // refused for its balance expires the full bucket; the next request must see an empty window,
+  // not the stale total of 5.
+  RedisSyncClient redis(redis_url(), std::chrono::seconds(2));
+  const std::string tag = "stale" + std::to_string(std::random_device{}());
+  AccountKeys ak(tag);
+  const std::string wkey = "tg:{" + tag + "}:a:stale";
+  auto admit = [&](std::int64_t t, const std::string& rid) {
+    auto r = redis.command({"EVAL", script_source(script_admit), "4", ak.balance, ak.holds, ak.hold_amounts, wkey,
+                            std::to_string(t), rid, "1", "600000", "0", "1", "5", "60000", "60", "1"});
+    REQUIRE(r);
+    REQUIRE(r->type == RedisReply::Type::array);
+    return r->elements.at(0).integer;  // 0 admitted, 1 rate limited, 2 insufficient balance
+  };
+  REQUIRE(redis.command({"HSET", ak.balance, "credits", "1000000", "version", "1"}));
+  const std::int64_t t0 = 1'900'000'000'000;
+  for (int i = 0; i < 5; ++i) REQUIRE(admit(t0, "a" + std::to_string(i)) == 0);
+  CHECK(admit(t0 + 1, "full") == 1);
+  CHECK(admit(t0 + 50'000, "still full") == 1);
+  REQUIRE(redis.command({"HSET", ak.balance, "credits", "0", "held", "0"}));
+  CHECK(admit(t0 + 62'000, "poor") == 2);
+  REQUIRE(redis.command({"HSET", ak.balance, "credits", "1000000"}));
+  CHECK(admit(t0 + 62'001, "after") == 0);
+  redis.command({"DEL", wkey, ak.balance, ak.holds, ak.hold_amounts});
+}
