@@ -4,8 +4,10 @@
 #include <openssl/sha.h>
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -155,26 +157,59 @@ boost::asio::awaitable<Admission> Admitter::admit(const keys::KeyRecord& key, co
         break;  // 3: the balance is not cached yet
     }
     if (attempt == 1) break;
-    std::optional<std::pair<pricing::Micros, std::int64_t>> bal;
-    try {
-      bal = co_await load_balance_(key.user_id);
-    } catch (const std::exception& ex) {
-      spdlog::error("admission: loading the balance failed: {}", ex.what());
-      break;
-    }
-    if (!bal) {
+    const BalanceLoad loaded = co_await cache_balance(key.user_id);
+    if (loaded == BalanceLoad::unknown_account) {
       a.verdict = Verdict::insufficient_balance;
       co_return a;
     }
-    // Named vectors: GCC 12 mishandles braced temporaries inside co_await expressions.
-    std::vector<std::string> sync_keys{ak.balance, ak.pending, ak.committed};
-    std::vector<std::string> sync_args{std::to_string(bal->first), std::to_string(bal->second),
-                                       std::to_string(now_ms())};
-    auto [sec, sreply] = co_await eval(script_sync, sync_keys, sync_args);
-    if (sec || sreply.is_error()) break;
+    if (loaded == BalanceLoad::failed) break;
   }
   a.verdict = Verdict::unavailable;
   co_return a;
+}
+
+/// One balance load in flight: its outcome, and a timer that never expires by itself, cancelled
+/// when the outcome is known (that wakes every request waiting for it).
+struct Admitter::BalanceLoadInFlight {
+  explicit BalanceLoadInFlight(const boost::asio::any_io_executor& ex) : done(ex) {
+    done.expires_at(boost::asio::steady_timer::time_point::max());
+  }
+  boost::asio::steady_timer done;
+  bool finished = false;
+  BalanceLoad outcome = BalanceLoad::failed;
+};
+
+boost::asio::awaitable<Admitter::BalanceLoad> Admitter::cache_balance(std::string account) {
+  if (auto it = balance_loads_.find(account); it != balance_loads_.end()) {
+    std::shared_ptr<BalanceLoadInFlight> load = it->second;
+    co_await load->done.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
+    co_return load->finished ? load->outcome : BalanceLoad::failed;  // not finished: we were cancelled
+  }
+  auto load = std::make_shared<BalanceLoadInFlight>(ex_);
+  balance_loads_.emplace(account, load);
+  BalanceLoad outcome = BalanceLoad::failed;
+  try {
+    outcome = co_await load_balance_into_redis(account);
+  } catch (const std::exception& ex) {
+    spdlog::error("admission: loading the balance failed: {}", ex.what());
+  }
+  balance_loads_.erase(account);
+  load->outcome = outcome;
+  load->finished = true;
+  load->done.cancel();  // wakes the waiters
+  co_return outcome;
+}
+
+boost::asio::awaitable<Admitter::BalanceLoad> Admitter::load_balance_into_redis(std::string account) {
+  auto bal = co_await load_balance_(account);
+  if (!bal) co_return BalanceLoad::unknown_account;
+  // Named vectors: GCC 12 mishandles braced temporaries inside co_await expressions.
+  AccountKeys ak(account);
+  std::vector<std::string> sync_keys{ak.balance, ak.pending, ak.committed};
+  std::vector<std::string> sync_args{std::to_string(bal->first), std::to_string(bal->second),
+                                     std::to_string(now_ms())};
+  auto [ec, reply] = co_await eval(script_sync, sync_keys, sync_args);
+  co_return ec || reply.is_error() ? BalanceLoad::failed : BalanceLoad::cached;
 }
 
 void Admitter::settle(Settlement s) {

@@ -34,8 +34,10 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace tollgate::ratelimit {
@@ -115,7 +117,11 @@ class Admitter {
 
   /// One round trip (two plus a Postgres read when the account's balance is not cached yet).
   /// `hold` in credit units; `token_estimate` in tokens. Never throws for Redis trouble:
-  /// returns Verdict::unavailable within the configured timeout instead.
+  /// returns Verdict::unavailable when Redis did not answer a round trip within the configured
+  /// timeout (counted from when the command was written, see RedisConnection::command).
+  /// Requests of one account that find its balance uncached at once share one Postgres read and
+  /// one sync.lua call (per Admitter), then each runs admit.lua again: a burst on a cold account
+  /// costs Redis two admit.lua calls per request, not three round trips each.
   boost::asio::awaitable<Admission> admit(const keys::KeyRecord& key, const std::string& request_id,
                                           pricing::Micros hold, std::int64_t token_estimate);
 
@@ -144,6 +150,15 @@ class Admitter {
   boost::asio::awaitable<std::pair<boost::system::error_code, RedisReply>> eval(
       int script, const std::vector<std::string>& keys, const std::vector<std::string>& args);
 
+  /// How installing an account's balance in Redis went.
+  enum class BalanceLoad { cached, unknown_account, failed };
+  struct BalanceLoadInFlight;
+  /// Loads the account's balance from Postgres and installs it in Redis (sync.lua), or waits for
+  /// the load already in flight for that account on this Admitter.
+  boost::asio::awaitable<BalanceLoad> cache_balance(std::string account);
+  /// The load itself (may throw what load_balance throws).
+  boost::asio::awaitable<BalanceLoad> load_balance_into_redis(std::string account);
+
   boost::asio::any_io_executor ex_;
   boost::asio::steady_timer settle_timer_;
   RedisConnection& redis_;
@@ -151,6 +166,7 @@ class Admitter {
   BalanceLoader load_balance_;
   SettledFn on_settled_;
   std::vector<Settlement> queued_;
+  std::unordered_map<std::string, std::shared_ptr<BalanceLoadInFlight>> balance_loads_;  ///< by account
   std::size_t settling_ = 0;        ///< settles in batches in flight
   std::size_t batches_in_flight_ = 0;
   bool timer_armed_ = false;
