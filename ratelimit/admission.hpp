@@ -119,9 +119,12 @@ class Admitter {
   /// `hold` in credit units; `token_estimate` in tokens. Never throws for Redis trouble:
   /// returns Verdict::unavailable when Redis did not answer a round trip within the configured
   /// timeout (counted from when the command was written, see RedisConnection::command).
-  /// Requests of one account that find its balance uncached at once share one Postgres read and
-  /// one sync.lua call (per Admitter), then each runs admit.lua again: a burst on a cold account
-  /// costs Redis two admit.lua calls per request, not three round trips each.
+  /// The admissions of one account that are ready in the same event-loop turn go to Redis as one
+  /// admit.lua call (up to `admit_batch_max`), which decides them in the order they were made
+  /// exactly as one call each would: under a burst Redis runs one script per account and turn,
+  /// not one per request. (The first of a turn yields once to let the others queue.) Requests
+  /// that find the account's balance uncached share one Postgres read and one sync.lua call per
+  /// Admitter, then run admit.lua again.
   boost::asio::awaitable<Admission> admit(const keys::KeyRecord& key, const std::string& request_id,
                                           pricing::Micros hold, std::int64_t token_estimate);
 
@@ -140,6 +143,7 @@ class Admitter {
   std::size_t settles_pending() const { return queued_.size() + settling_; }
 
   static constexpr std::size_t settle_batch_max = 256;
+  static constexpr std::size_t admit_batch_max = 256;
   static constexpr std::chrono::microseconds settle_delay{1000};
 
  private:
@@ -149,6 +153,12 @@ class Admitter {
 
   boost::asio::awaitable<std::pair<boost::system::error_code, RedisReply>> eval(
       int script, const std::vector<std::string>& keys, const std::vector<std::string>& args);
+
+  struct AdmitCall;
+  /// Takes the next batch (up to admit_batch_max) of the account's queued admissions.
+  std::vector<std::shared_ptr<AdmitCall>> take_batch(const std::string& account);
+  /// Sends the account's next batch of admissions, sets each one's verdict and wakes them.
+  boost::asio::awaitable<void> run_batch(std::string account);
 
   /// How installing an account's balance in Redis went.
   enum class BalanceLoad { cached, unknown_account, failed };
@@ -167,6 +177,7 @@ class Admitter {
   SettledFn on_settled_;
   std::vector<Settlement> queued_;
   std::unordered_map<std::string, std::shared_ptr<BalanceLoadInFlight>> balance_loads_;  ///< by account
+  std::unordered_map<std::string, std::vector<std::shared_ptr<AdmitCall>>> admit_queues_;  ///< by account
   std::size_t settling_ = 0;        ///< settles in batches in flight
   std::size_t batches_in_flight_ = 0;
   bool timer_armed_ = false;
