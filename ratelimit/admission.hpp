@@ -125,6 +125,12 @@ class Admitter {
   /// not one per request. (The first of a turn yields once to let the others queue.) Requests
   /// that find the account's balance uncached share one Postgres read and one sync.lua call per
   /// Admitter, then run admit.lua again.
+  /// A request window (not a token window) Redis reported full is refused here, without Redis,
+  /// until the time Redis gave for its oldest bucket to leave (the Retry-After), unless its limit
+  /// changed meanwhile: until then a request window only grows, so Redis would refuse too. Such
+  /// a refusal carries the remaining counts and resets Redis last reported for the request's
+  /// windows (a request with a window Redis did not report goes to Redis). So a flood on a key
+  /// that is over its limit costs Redis one script call per event loop and Retry-After.
   boost::asio::awaitable<Admission> admit(const keys::KeyRecord& key, const std::string& request_id,
                                           pricing::Micros hold, std::int64_t token_estimate);
 
@@ -144,6 +150,8 @@ class Admitter {
 
   static constexpr std::size_t settle_batch_max = 256;
   static constexpr std::size_t admit_batch_max = 256;
+  /// Full windows remembered per Admitter (expired ones are dropped when it is reached).
+  static constexpr std::size_t full_windows_max = 10'000;
   static constexpr std::chrono::microseconds settle_delay{1000};
 
  private:
@@ -159,6 +167,22 @@ class Admitter {
   std::vector<std::shared_ptr<AdmitCall>> take_batch(const std::string& account);
   /// Sends the account's next batch of admissions, sets each one's verdict and wakes them.
   boost::asio::awaitable<void> run_batch(std::string account);
+
+  /// A request window Redis reported full, and what it said of the windows of that request.
+  struct SeenWindow {
+    std::string key;
+    std::int64_t remaining = 0;
+    std::int64_t reset_at_ms = 0;  ///< Unix ms
+  };
+  struct FullWindow {
+    std::int64_t until_ms = 0;  ///< Unix ms when its oldest bucket leaves
+    std::int64_t limit = 0;     ///< the limit it was full at
+    std::vector<SeenWindow> seen;
+  };
+  /// Sets a rate_limited verdict if one of the request's windows is known full; else false.
+  bool refused_locally(Admission& a);
+  /// Remembers the window Redis refused `a` for (admit.lua ran at `sent_at`, Unix ms).
+  void remember_full(const Admission& a, std::int64_t sent_at);
 
   /// How installing an account's balance in Redis went.
   enum class BalanceLoad { cached, unknown_account, failed };
@@ -178,6 +202,7 @@ class Admitter {
   std::vector<Settlement> queued_;
   std::unordered_map<std::string, std::shared_ptr<BalanceLoadInFlight>> balance_loads_;  ///< by account
   std::unordered_map<std::string, std::vector<std::shared_ptr<AdmitCall>>> admit_queues_;  ///< by account
+  std::unordered_map<std::string, FullWindow> full_windows_;  ///< by window key
   std::size_t settling_ = 0;        ///< settles in batches in flight
   std::size_t batches_in_flight_ = 0;
   bool timer_armed_ = false;

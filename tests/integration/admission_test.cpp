@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <optional>
 #include <random>
 #include <stdexcept>
@@ -110,4 +111,53 @@ TEST_CASE("admission: a failed balance read fails the requests waiting for it, a
   auto after = fx.burst(1);
   CHECK(fx.loads == 2);
   CHECK(after.front() == Verdict::admitted);
+}
+
+namespace {
+/// EVALSHA and EVAL calls Redis has run since the last CONFIG RESETSTAT.
+long long script_calls(RedisSyncClient& r) {
+  auto info = r.command(test::args("INFO", "commandstats"));
+  REQUIRE(info);
+  long long calls = 0;
+  for (const char* name : {"cmdstat_evalsha:calls=", "cmdstat_eval:calls="}) {
+    auto at = info->str.find(name);
+    if (at != std::string::npos) calls += std::stoll(info->str.substr(at + std::strlen(name)));
+  }
+  return calls;
+}
+}  // namespace
+
+TEST_CASE("admission: a request window Redis reported full is refused without Redis until its limit changes") {
+  ColdAccount fx;
+  RedisSyncClient sync(parse_redis_url(test::redis_url()), 2000ms);
+  auto first = fx.burst(31);
+  REQUIRE(count(first, Verdict::admitted) == 30);
+  REQUIRE(count(first, Verdict::rate_limited) == 1);  // Redis said: full until its oldest bucket leaves
+
+  REQUIRE(sync.command(test::args("CONFIG", "RESETSTAT")));
+  std::vector<Admission> local;
+  for (int i = 0; i < 20; ++i) {
+    auto one = [&]() -> net::awaitable<void> {
+      local.push_back(co_await fx.admitter.admit(fx.key, "local-" + std::to_string(i), 1000, 10));
+    };
+    net::co_spawn(fx.ioc, one(), net::detached);
+    fx.ioc.restart();
+    fx.ioc.run_for(5ms);
+  }
+  REQUIRE(local.size() == 20);
+  CHECK(script_calls(sync) == 0);
+  for (const auto& a : local) {
+    CHECK(a.verdict == Verdict::rate_limited);
+    REQUIRE(a.limited >= 0);
+    CHECK(a.windows[static_cast<std::size_t>(a.limited)].name == "key_requests_per_minute");
+    CHECK(a.windows[static_cast<std::size_t>(a.limited)].remaining == 0);
+    CHECK(a.retry_after_ms > 0);
+    CHECK(a.retry_after_ms <= 61'000);  // the oldest bucket leaves within the window and a bucket
+  }
+
+  // A higher limit is Redis' to judge: the next request goes there and is admitted.
+  fx.key.key_limits.requests_per_minute = 40;
+  auto raised = fx.burst(1);
+  CHECK(raised.front() == Verdict::admitted);
+  CHECK(script_calls(sync) == 1);
 }
