@@ -18,7 +18,7 @@
 //    (Link::drain: the socket and hiredis' buffer, without waiting), writes the command itself
 //    if the loop has not got to it yet (Link::flush_now), and re-arms the timer for
 //    written + timeout if that is later. Only then is the command timed out, and the Link is
-//    freed if Redis has been silent for the whole deadline: hiredis then calls every pending
+//    freed if Redis has been silent for two deadlines: hiredis then calls every pending
 //    callback once with a NULL reply, which completes the other commands with an error.
 //    A Pending stays in its Link's FIFO until hiredis has called its callback, so privdata never
 //    dangles, whatever happens to the awaiting coroutine.
@@ -237,6 +237,10 @@ RedisUrl parse_redis_url(const std::string& url) {
 
 namespace {
 
+/// A link silent for this many deadlines is dropped (when one of its commands times out). One
+/// would turn a Redis stall just over a deadline into failures of every command in flight.
+constexpr int kSilentDeadlinesToDrop = 2;
+
 struct Link;
 
 /// One command in flight: the reply slot and the timer that is both deadline and wake-up.
@@ -286,8 +290,9 @@ struct Link : std::enable_shared_from_this<Link> {
   std::string failure_text_;
   std::deque<std::shared_ptr<Pending>> inflight_;  ///< FIFO, matches hiredis' callback list
   /// Last time the reply stream moved: a reply arrived, or commands were written while none
-  /// written before was unanswered. A command that timed out drops the link only if this is a
-  /// whole deadline ago: under a burst, one slow reply must not fail every other command.
+  /// written before was unanswered. A command that timed out drops the link only if this is
+  /// two deadlines ago: under a burst, or after a short stall, one late reply must not fail
+  /// every other command.
   Clock::time_point last_progress_ = Clock::now();
   std::uint64_t submitted_ = 0;     ///< commands queued on this link (answered: all but inflight_)
   std::uint64_t written_upto_ = 0;  ///< submitted_ at the last write
@@ -737,9 +742,10 @@ net::awaitable<RedisConnection::Result> RedisConnection::command(std::vector<std
     }
     p->done = true;  // the reply, if it ever comes, is discarded by on_reply
     // A late reply is discarded when it comes, so the stream stays in step. Only a link whose
-    // reply stream has not moved for the whole deadline is dropped: under a burst, one slow
-    // reply must not fail every other command in flight.
-    if (l && l->alive() && l->connected_ && Clock::now() - l->last_progress_ >= timeout) {
+    // reply stream has not moved for two deadlines is dropped: under a burst, or after a stall
+    // shorter than that (Redis waiting for a CPU on a busy host), one late reply must not fail
+    // every other command in flight, each of which has its own deadline.
+    if (l && l->alive() && l->connected_ && Clock::now() - l->last_progress_ >= kSilentDeadlinesToDrop * timeout) {
       spdlog::warn("redis {}: a command timed out after {} ms; reconnecting", l->where_, timeout.count());
       l->drop(net::error::connection_aborted,
               fmt::format("dropped: a command timed out after {} ms", timeout.count()));

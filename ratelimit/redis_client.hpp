@@ -91,10 +91,11 @@ class RedisConnection {
   /// call if the connect has not completed by then (a connect is bounded by `connect_timeout`).
   /// Returns {error_code, reply}; the error_code is set only when no reply arrived:
   ///  - boost::asio::error::timed_out: the deadline passed. Its reply, if it comes, is discarded.
-  ///    If no reply at all arrived on the connection for the whole deadline (Redis hung, or the
+  ///    If no reply at all arrived on the connection for two deadlines (Redis hung, or the
   ///    network), the connection is dropped: every other command in flight on it completes with
   ///    boost::asio::error::connection_aborted and the next command reconnects. While replies
-  ///    keep flowing (a burst), one late command does not fail the others.
+  ///    keep flowing (a burst), or after a stall shorter than that (Redis waiting for a CPU),
+  ///    one late command does not fail the others: each has its own deadline.
   ///  - connecting failed: the system error (e.g. connection_refused, also for a Unix socket
   ///    path where no socket file exists), timed_out (connect timeout), access_denied (AUTH
   ///    refused), invalid_argument (SELECT refused), host_not_found (name lookup failed).
