@@ -177,7 +177,12 @@ class Child {
 // The harness
 
 export class Harness {
-  constructor() {
+  /**
+   * `defaultAdmissionTimeout`: every proxy started keeps tollgate's default admission deadline
+   * (50 ms) instead of the 2 s the other suites use (for tests about the deadline itself).
+   */
+  constructor({ defaultAdmissionTimeout = false } = {}) {
+    this.defaultAdmissionTimeout = defaultAdmissionTimeout;
     this.run = `e2e${randomSuffix(5)}`;
     this.namespace = this.run; // model namespace and pricing-rule glob prefix
     this.model = `${this.namespace}/small`;
@@ -209,8 +214,12 @@ export class Harness {
     return { child, port, url: `http://127.0.0.1:${port}` };
   }
 
-  /** Starts one `tollgate serve`; `upstreamUrl` defaults to the stub. */
-  async startProxy({ upstreamUrl = `${this.stubUrl}/api/v1`, name = 'tollgate', env: extraEnv = {}, args = [] } = {}) {
+  /**
+   * Starts one `tollgate serve`; `upstreamUrl` defaults to the stub. `defaultAdmissionTimeout`
+   * (default: the harness') leaves TOLLGATE_ADMISSION_TIMEOUT_MS unset.
+   */
+  async startProxy({ upstreamUrl = `${this.stubUrl}/api/v1`, name = 'tollgate', env: extraEnv = {}, args = [],
+                     defaultAdmissionTimeout = this.defaultAdmissionTimeout } = {}) {
     await waitForFile(TOLLGATE_BIN, 60_000, 'tollgate binary');
     const dir = this.tmp(name);
     const portFile = join(dir, 'port');
@@ -227,6 +236,7 @@ export class Harness {
       TOLLGATE_ADMISSION_TIMEOUT_MS: '2000',
       ...extraEnv,
     };
+    if (defaultAdmissionTimeout) delete env.TOLLGATE_ADMISSION_TIMEOUT_MS;
     const child = new Child(name, TOLLGATE_BIN, [...args, 'serve', '--port-file', portFile], env);
     this.children.push(child);
     const port = await child.ready(portFile, '/healthz');
@@ -385,9 +395,9 @@ export class Harness {
   }
 }
 
-/** Creates a Harness and registers node:test before/after hooks that start and stop it. */
-export function useHarness() {
-  const h = new Harness();
+/** Creates a Harness (`options`: see its constructor) and registers node:test before/after hooks that start and stop it. */
+export function useHarness(options) {
+  const h = new Harness(options);
   before(async () => {
     await h.start();
   }, { timeout: 60_000 });
