@@ -223,10 +223,12 @@ export class Harness {
     await waitForFile(TOLLGATE_BIN, 60_000, 'tollgate binary');
     const dir = this.tmp(name);
     const portFile = join(dir, 'port');
+    const adminPortFile = join(dir, 'admin-port');
     const env = {
       ...process.env,
       TOLLGATE_DATABASE_URL: DATABASE_URL,
       TOLLGATE_LISTEN: '127.0.0.1:0',
+      TOLLGATE_ADMIN_LISTEN: '127.0.0.1:0',
       TOLLGATE_UPSTREAM_URL: upstreamUrl,
       TOLLGATE_UPSTREAM_KEY: this.upstreamKey,
       TOLLGATE_JOURNAL_DIR: join(dir, 'journal'),
@@ -237,16 +239,21 @@ export class Harness {
       ...extraEnv,
     };
     if (defaultAdmissionTimeout) delete env.TOLLGATE_ADMISSION_TIMEOUT_MS;
-    const child = new Child(name, TOLLGATE_BIN, [...args, 'serve', '--port-file', portFile], env);
+    const child = new Child(name, TOLLGATE_BIN,
+      [...args, 'serve', '--port-file', portFile, '--admin-port-file', adminPortFile], env);
     this.children.push(child);
-    const port = await child.ready(portFile, '/healthz');
-    this.proxies.push({ child, url: `http://127.0.0.1:${port}` });
+    // Ready once the admin listener's /readyz says Postgres, Redis and the caches are; the API
+    // port file is written just before it starts serving.
+    const adminPort = await child.ready(adminPortFile, '/readyz');
+    const port = Number(readFileSync(portFile, 'utf8').trim());
+    const adminUrl = `http://127.0.0.1:${adminPort}`;
+    this.proxies.push({ child, url: `http://127.0.0.1:${port}`, adminUrl });
     // serve announces itself; the line may trail the port file by a moment.
     const deadline = Date.now() + 2000;
     while (!/tollgate listening on/.test(child.log) && Date.now() < deadline) await sleep(20);
     if (!/tollgate listening on/.test(child.log))
-      throw new Error(`${name} answers /healthz but never logged "tollgate listening on":\n${child.log}`);
-    return { child, port, url: `http://127.0.0.1:${port}` };
+      throw new Error(`${name} answers /readyz but never logged "tollgate listening on":\n${child.log}`);
+    return { child, port, url: `http://127.0.0.1:${port}`, adminUrl };
   }
 
   /** A fresh account (unique email) with `usd` credits (a decimal string) and one key. */
@@ -282,6 +289,7 @@ export class Harness {
     const proxy = await this.startProxy();
     this.proxy = proxy;
     this.url = proxy.url;
+    this.adminUrl = proxy.adminUrl;
     this.account = await this.newAccount({ usd: '10', label: 'main' });
     this.key = this.account.key;
   }
@@ -347,7 +355,7 @@ export class Harness {
       for (;;) {
         let queued = 0;
         try {
-          const text = await (await fetch(`${p.url}/metrics`)).text();
+          const text = await (await fetch(`${p.adminUrl}/metrics`)).text();
           queued = Number(/^tollgate_usage_records_queued (\d+)$/m.exec(text)?.[1] ?? 0);
         } catch {
           break; // stopped or killed: its journal is replayed by whoever restarts it
