@@ -403,7 +403,10 @@ export class Harness {
   }
 }
 
-/** Creates a Harness (`options`: see its constructor) and registers node:test before/after hooks that start and stop it. */
+/**
+ * Creates a Harness (`options`: see its constructor) and registers node:test before/after hooks
+ * that start and stop it.
+ */
 export function useHarness(options) {
   const h = new Harness(options);
   before(async () => {
