@@ -79,6 +79,7 @@ Config Config::load(const std::optional<std::string>& path) {
     get(t, "keys.cache_capacity", c.key_cache_capacity);
     get_ms(t, "keys.cache_ttl_ms", c.key_cache_ttl);
     get_ms(t, "keys.negative_ttl_ms", c.key_cache_negative_ttl);
+    get_ms(t, "keys.stale_if_error_ms", c.key_cache_stale_if_error);
     get(t, "usage.journal_dir", c.journal_dir);
     get(t, "usage.batch_rows", c.usage_batch_rows);
     get_ms(t, "usage.max_delay_ms", c.usage_max_delay);
@@ -101,6 +102,7 @@ Config Config::load(const std::optional<std::string>& path) {
     throw std::invalid_argument("upstream.key must not hold CR, LF or NUL (it goes into an HTTP header)");
   if (c.prompt_bytes_per_token < 1) throw std::invalid_argument("billing.prompt_bytes_per_token must be >= 1");
   if (c.admission.timeout.count() < 1) throw std::invalid_argument("admission.timeout_ms must be >= 1");
+  if (c.key_cache_stale_if_error.count() < 0) throw std::invalid_argument("keys.stale_if_error_ms must be >= 0");
   if (c.default_max_tokens < 1) throw std::invalid_argument("billing.default_max_tokens must be >= 1");
   return c;
 }

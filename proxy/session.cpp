@@ -147,7 +147,10 @@ awaitable<keys::KeyCache::Record> authenticate(beast::tcp_stream& client, App& a
       spdlog::error("{}: key lookup failed: {}", ctx.request_id, e.what());
       failed = true;
     }
-    if (failed) {
+    // Stale-if-error: a key Postgres confirmed shortly before it failed keeps working
+    // (bounded by keys.stale_if_error_ms; a revocation NOTIFY or reconnect ends it).
+    if (failed) rec = app.key_cache.find_stale(hash, keys::KeyCache::Clock::now());
+    if (failed && !rec) {
       keep_alive = co_await reply_error(client, app, ctx, http::status::service_unavailable,
                                         "Authentication is temporarily unavailable; retry shortly.",
                                         "service_unavailable", "auth_unavailable", keep_alive);
