@@ -6,6 +6,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/error.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -124,10 +125,13 @@ boost::asio::awaitable<Admission> Admitter::admit(const keys::KeyRecord& key, co
     args.push_back(std::to_string(w.cost));
   }
   for (int attempt = 0; attempt < 2; ++attempt) {
-    args[0] = std::to_string(now_ms());
+    const std::int64_t sent_ms = now_ms();
+    args[0] = std::to_string(sent_ms);
     auto [ec, reply] = co_await eval(script_admit, keys, args);
     if (ec || reply.type != RedisReply::Type::array || reply.elements.size() != 3 + 3 * a.windows.size()) {
       if (!ec) spdlog::error("admission script: unexpected reply {}", reply.str);
+      // Refused connections never ran it; anything else (a timeout, a dropped link) may have.
+      if (ec && ec != boost::asio::error::connection_refused) release_unanswered(key.user_id, request_id, sent_ms, a);
       a.verdict = Verdict::unavailable;
       co_return a;
     }
@@ -177,6 +181,18 @@ boost::asio::awaitable<Admission> Admitter::admit(const keys::KeyRecord& key, co
   co_return a;
 }
 
+void Admitter::release_unanswered(const std::string& account, const std::string& request_id,
+                                  std::int64_t sent_ms, const Admission& a) {
+  Settlement s;
+  s.account = account;
+  s.request_id = request_id;
+  s.windows = a.windows;
+  for (auto& w : s.windows) w.bucket = sent_ms / std::max<std::int64_t>(1, w.window_ms / cfg_.buckets);  // as admit.lua
+  s.token_estimate = a.token_estimate;  // a hold that exists gets its token windows back
+  s.release_only = true;
+  settle(std::move(s));
+}
+
 void Admitter::settle(Settlement s) {
   queued_.push_back(std::move(s));
   if (batches_in_flight_ > 0) return;  // the batch's completion sends what queued meanwhile
@@ -218,6 +234,8 @@ void Admitter::flush_settles() {
 
 boost::asio::awaitable<void> Admitter::settle_batch(std::vector<Settlement> batch) {
   const std::size_t n = batch.size();
+  const auto counted = static_cast<std::size_t>(
+      std::count_if(batch.begin(), batch.end(), [](const Settlement& s) { return !s.release_only; }));
   try {
     AccountKeys ak(batch.front().account);
     std::vector<std::string> keys{ak.balance, ak.holds, ak.hold_amounts, ak.pending, ak.committed};
@@ -258,7 +276,7 @@ boost::asio::awaitable<void> Admitter::settle_batch(std::vector<Settlement> batc
   }
   settling_ -= n;
   --batches_in_flight_;
-  if (on_settled_) on_settled_(n);
+  if (on_settled_ && counted > 0) on_settled_(counted);
   if (batches_in_flight_ == 0 && !queued_.empty() && !timer_armed_) {
     if (queued_.size() >= settle_batch_max)
       flush_settles();

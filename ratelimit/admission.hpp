@@ -90,6 +90,9 @@ struct Settlement {
   std::vector<Window> windows;      ///< from its Admission; token windows are corrected
   std::int64_t actual_tokens = 0;   ///< prompt + completion tokens the upstream reported
   std::int64_t token_estimate = 0;  ///< what admission counted
+  /// Queued by admit() itself for an admission Redis did not answer in time (not counted by
+  /// SettledFn): releases the hold in case the script did run.
+  bool release_only = false;
 };
 
 /// Called on the event loop after `n` queued settles got their answer (or failed: their holds
@@ -115,7 +118,10 @@ class Admitter {
 
   /// One round trip (two plus a Postgres read when the account's balance is not cached yet).
   /// `hold` in credit units; `token_estimate` in tokens. Never throws for Redis trouble:
-  /// returns Verdict::unavailable within the configured timeout instead.
+  /// returns Verdict::unavailable within the configured timeout instead. When the script was
+  /// sent but not answered in time (Redis slow, or this event loop too late to read the answer)
+  /// it may still have placed the hold: a settle with no charge follows it on the same
+  /// connection and releases it, instead of leaving it held for `hold_ttl`.
   boost::asio::awaitable<Admission> admit(const keys::KeyRecord& key, const std::string& request_id,
                                           pricing::Micros hold, std::int64_t token_estimate);
 
@@ -138,6 +144,8 @@ class Admitter {
 
  private:
   void flush_settles();
+  void release_unanswered(const std::string& account, const std::string& request_id, std::int64_t sent_ms,
+                          const Admission& a);
   void arm_settle_timer();
   boost::asio::awaitable<void> settle_batch(std::vector<Settlement> batch);
 
