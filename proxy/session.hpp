@@ -15,9 +15,13 @@ namespace tollgate {
 struct ThreadContext {
   UpstreamPool& upstream;
   ratelimit::Admitter* admitter;
+  std::size_t queued = 0;  ///< requests read but not yet forwarded or answered (max_queued_requests)
 };
 
-/// Serves HTTP/1.1 requests on `client` until it closes, an error, or a non-keep-alive reply.
-boost::asio::awaitable<void> run_session(boost::beast::tcp_stream client, App& app, ThreadContext& tc);
+/// Serves HTTP/1.1 requests on `client` until it closes, an error, a non-keep-alive reply, a
+/// refused request or a timeout. `slot` is the connection's place under the caps, held till
+/// the end.
+boost::asio::awaitable<void> run_session(boost::beast::tcp_stream client, App& app, ThreadContext& tc,
+                                         ConnectionLimiter::Slot slot);
 
 }  // namespace tollgate

@@ -1,9 +1,12 @@
 #include "proxy/wire.hpp"
 
+#include "pricing/money.hpp"
+
 #include <boost/json.hpp>
 #include <fmt/format.h>
 #include <simdjson.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace tollgate::wire {
@@ -21,6 +24,58 @@ simdjson::padded_string_view padded(std::string& s) {
 
 std::string json_escape(std::string_view s) {
   return boost::json::serialize(boost::json::string_view(s.data(), s.size()));
+}
+
+/// Whether `s` is exactly one JSON number (RFC 8259 §6): -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+bool is_json_number(std::string_view s) noexcept {
+  std::size_t i = 0;
+  auto digits = [&] {
+    std::size_t from = i;
+    while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
+    return i > from;
+  };
+  if (i < s.size() && s[i] == '-') ++i;
+  if (i < s.size() && s[i] == '0') ++i;
+  else if (!digits()) return false;
+  if (i < s.size() && s[i] == '.' && (++i, !digits())) return false;
+  if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+    ++i;
+    if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+    if (!digits()) return false;
+  }
+  return i == s.size();
+}
+
+/// The text of a number value (ondemand's raw token, trailing whitespace removed), or empty
+/// when `v` is not one. Does not consume `v`.
+std::string_view number_text(od::value& v) {
+  od::json_type t;
+  if (v.type().get(t) != simdjson::SUCCESS || t != od::json_type::number) return {};
+  std::string_view raw = v.raw_json_token();
+  while (!raw.empty() && (raw.back() == ' ' || raw.back() == '\n' || raw.back() == '\r' || raw.back() == '\t'))
+    raw.remove_suffix(1);
+  return is_json_number(raw) ? raw : std::string_view{};
+}
+
+/// A usage token count as billing takes it (see Usage): clamped to [0, Usage::max_tokens],
+/// fractions and exponents rounded up; nullopt when `v` is not a number.
+std::optional<std::int64_t> usage_tokens(od::value& v) {
+  std::int64_t n;
+  if (v.get_int64().get(n) == simdjson::SUCCESS) return std::clamp<std::int64_t>(n, 0, Usage::max_tokens);
+  std::string_view raw = number_text(v);  // 12.5, 1e3, a 30-digit integer, -1e30
+  if (raw.empty()) return std::nullopt;
+  if (raw.front() == '-') return 0;
+  auto up = pricing::parse_decimal(raw, 0);  // exact, rounds up; nullopt only beyond int64
+  return up ? std::min<std::int64_t>(*up, Usage::max_tokens) : Usage::max_tokens;
+}
+
+/// `usage.cost` (USD) if it is a number in [0, max_request_picos] once read as Picos.
+std::optional<std::string> usage_cost(od::value& v) {
+  std::string_view raw = number_text(v);
+  if (raw.empty() || raw.front() == '-') return std::nullopt;
+  auto picos = pricing::parse_decimal(raw, 12);
+  if (!picos || *picos > pricing::max_request_picos) return std::nullopt;
+  return std::string(raw);
 }
 
 }  // namespace
@@ -153,19 +208,11 @@ std::optional<ChunkInfo> inspect_json(std::string_view json) {
         od::value uv;
         if (uf.value().get(uv) != simdjson::SUCCESS) break;
         if (uk == "prompt_tokens") {
-          std::int64_t n;
-          if (uv.get_int64().get(n) == simdjson::SUCCESS) usage.prompt_tokens = n;
+          if (auto n = usage_tokens(uv)) usage.prompt_tokens = *n;
         } else if (uk == "completion_tokens") {
-          std::int64_t n;
-          if (uv.get_int64().get(n) == simdjson::SUCCESS) usage.completion_tokens = n;
+          if (auto n = usage_tokens(uv)) usage.completion_tokens = *n;
         } else if (uk == "cost") {
-          std::string_view raw;
-          if (uv.type().value_unsafe() == od::json_type::number) {
-            raw = uv.raw_json_token();
-            while (!raw.empty() && (raw.back() == ' ' || raw.back() == '\n' || raw.back() == '\r' || raw.back() == '\t'))
-              raw.remove_suffix(1);
-            usage.cost_usd = std::string(raw);
-          }
+          usage.cost_usd = usage_cost(uv);
         }
       }
       info.usage = usage;

@@ -705,7 +705,7 @@ test('14. raw API keys appear in no log line and no metric', async () => {
   // Provoke the paths that log: a bad key, an upstream error, a revoked key's refusal.
   await fetch(`${h.url}/v1/models`, { headers: { authorization: `Bearer ${h.key}x` } });
   await post('/v1/chat/completions', { model: h.model, messages: [{ role: 'user', content: 'x' }], stub_fail: 'status:500' });
-  const metrics = await (await fetch(`${h.url}/metrics`)).text();
+  const metrics = await (await fetch(`${h.adminUrl}/metrics`)).text();
   for (const secret of [h.key, h.key.slice(3), h.upstreamKey]) {
     assert.ok(!h.proxy.child.log.includes(secret), 'a key appears in the proxy log');
     assert.ok(!metrics.includes(secret), 'a key appears in /metrics');
