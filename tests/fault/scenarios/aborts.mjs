@@ -57,7 +57,7 @@ export default {
       report.figure('client requests', `${res.length}: ${statusCounts(res)}; ${aborted.length} aborted after ${READ_CHUNKS} chunks`);
       report.figure('usage rows of the aborted requests, by status', JSON.stringify(byStatus));
       report.figure(`completion tokens billed (client read ${READ_CHUNKS})`, (Object.entries(dist).map(([t, n]) => `${t} tokens ×${n}`).join(', ') || 'none') +
-        ' (chunks written into the socket before the close count as delivered: issue 10 point 9)');
+        ' (one token per content chunk delivered, i.e. written to the client\'s socket before it closed)');
       report.figure('requests the upstream answered / usage rows', `${upstream} / ${rows}`);
       report.figure('money', describeState(st));
       report.check(`${ABORTS} aborted mid-stream`, aborted.length === ABORTS && ids.length === ABORTS, `${aborted.length} aborted, ${ids.length} with a request id`);

@@ -110,7 +110,7 @@ export default {
       }
       report.check('tollgate still running (both instances)', alive, [byPrices, byUpstream].map((t) => JSON.stringify(t.child.exited)).join(' '));
       report.check('nothing negative: tokens, cost_usd and charges ≥ 0', negatives.length === 0, negatives.join(' | ') || 'none',
-        'proxy/wire.cpp reads negative token counts and costs as they come; fixed on branch issue10-billing (wire: hostile usage read defensively; pricing never negative), not on main yet');
+        'proxy/wire.cpp takes negative token counts and costs as they come (fixed by issue10-billing: usage clamped to [0, 10^9], a negative cost not believed)');
       report.check('each finished case has a usage row or a dead-letter entry', unaccounted === 0, `${unaccounted} without either`);
       const over = results.filter((c) => c.over).map((c) => `${c.mode}/${c.source}`);
       report.check('charge ≤ the hold (worst case admitted)', over.length === 0, over.join(', ') || 'none',
