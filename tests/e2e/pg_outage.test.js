@@ -69,6 +69,9 @@ test('PostgreSQL down: cached keys served stale, unknown keys 503, usage kept, r
     if (r.status === 401) { refused = Date.now() - revokedAt; break; }
     await sleep(20);
   }
+  const metrics = await (await fetch(`${proxy.adminUrl}/metrics`)).text();
+  const stale = Number(/^tollgate_key_cache_stale_served_total (\d+)$/m.exec(metrics)?.[1]);
+  assert.ok(stale >= 1, `tollgate_key_cache_stale_served_total ${stale}`);
   assert.ok(refused !== undefined, 'the revoked key was still served 3 s after the revocation');
   t.diagnostic(`revoked key refused ${refused} ms after the revocation`);
   assert.ok(refused <= 1000, `revoked key refused only after ${refused} ms`);

@@ -116,6 +116,7 @@ export default {
       report.figure('revocable key probes (every 200 ms)', statusCounts(probes));
       report.figure('key never used before the outage', `${unseenProbe.status} ${unseenProbe.code || ''}`.trim());
       report.figure('revoked after PostgreSQL returned', `${fmtMs(revoked - up)} after start-pg; first 401 ${firstDenied ? fmtMs(firstDenied.t + firstDenied.ms - revoked) : 'never'} after the revoke, ${servedAfterRevoke} × 200 after it`);
+      report.figure('stale-if-error uses (tollgate_key_cache_stale_served_total: failed lookups answered from the cache, ≤ 1 per key and second)', (await tg.metrics())['tollgate_key_cache_stale_served_total'] ?? 'not exported by this build');
       report.figure('journal committed after PostgreSQL returned', `${appendedAtReturn} records appended by then, all committed ${Number.isFinite(committed) ? `${fmtMs(committed - up)} after start-pg returned` : 'not within 30 s'}`);
       report.figure('requests the upstream answered / usage rows', `${upstream} / ${rows + unseenState.rows}`);
       report.figure('money', describeState(st));
