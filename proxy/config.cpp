@@ -88,6 +88,7 @@ Config Config::load(const std::optional<std::string>& path) {
     get(t, "keys.cache_capacity", c.key_cache_capacity);
     get_ms(t, "keys.cache_ttl_ms", c.key_cache_ttl);
     get_ms(t, "keys.negative_ttl_ms", c.key_cache_negative_ttl);
+    get_ms(t, "keys.stale_if_error_ms", c.key_cache_stale_if_error);
     get(t, "usage.journal_dir", c.journal_dir);
     get(t, "usage.batch_rows", c.usage_batch_rows);
     get_ms(t, "usage.max_delay_ms", c.usage_max_delay);
@@ -111,6 +112,7 @@ Config Config::load(const std::optional<std::string>& path) {
     throw std::invalid_argument("upstream.key must not hold CR, LF or NUL (it goes into an HTTP header)");
   if (c.prompt_bytes_per_token < 1) throw std::invalid_argument("billing.prompt_bytes_per_token must be >= 1");
   if (c.admission.timeout.count() < 1) throw std::invalid_argument("admission.timeout_ms must be >= 1");
+  if (c.key_cache_stale_if_error.count() < 0) throw std::invalid_argument("keys.stale_if_error_ms must be >= 0");
   for (auto [name, ms] : {std::pair{"server.header_timeout_ms", c.header_timeout},
                           {"server.body_idle_timeout_ms", c.body_idle_timeout},
                           {"server.keepalive_timeout_ms", c.keepalive_timeout}})

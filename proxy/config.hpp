@@ -4,6 +4,7 @@
 // TOLLGATE_REDIS_URL, TOLLGATE_UPSTREAM_URL, TOLLGATE_UPSTREAM_KEY, TOLLGATE_JOURNAL_DIR,
 // TOLLGATE_ADMISSION (off | closed | open), TOLLGATE_ADMISSION_TIMEOUT_MS, TOLLGATE_ADMIN_LISTEN.
 // Built once at start and shared read-only.
+#include "keys/key_cache.hpp"
 #include "ratelimit/admission.hpp"
 
 #include <chrono>
@@ -67,6 +68,7 @@ struct Config {
   std::size_t key_cache_capacity = 1'000'000;
   std::chrono::milliseconds key_cache_ttl{60'000};
   std::chrono::milliseconds key_cache_negative_ttl{5'000};
+  std::chrono::milliseconds key_cache_stale_if_error{keys::KeyCache::default_stale_if_error};
   // [usage]
   std::string journal_dir = ".run/journal";
   std::size_t usage_batch_rows = 5000;

@@ -63,7 +63,8 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file,
     if (db.exec("SELECT 1 FROM pg_tables WHERE tablename = 'schema_migrations'").rows() == 0)
       throw std::runtime_error("the database has no tollgate schema: run `tollgate migrate` first");
   }
-  keys::KeyCache key_cache(cfg.key_cache_capacity, cfg.key_cache_ttl, cfg.key_cache_negative_ttl);
+  keys::KeyCache key_cache(cfg.key_cache_capacity, cfg.key_cache_ttl, cfg.key_cache_negative_ttl,
+                           cfg.key_cache_stale_if_error);
   keys::KeyFilter key_filter;
   std::atomic<pricing::PricingSnapshotPtr> pricing;
   // Blocking Redis clients for the two threads that keep Redis' balance cache in step with

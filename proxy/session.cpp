@@ -111,7 +111,10 @@ awaitable<keys::KeyCache::Record> authenticate(beast::tcp_stream& client, App& a
     ++app.metrics.key_cache_misses;
     bool failed = false;
     std::tie(rec, failed) = co_await lookup_key(app, tc, hash, now, ctx.request_id);
-    if (failed) {
+    // Stale-if-error: a key Postgres confirmed shortly before it failed keeps working
+    // (bounded by keys.stale_if_error_ms; a revocation NOTIFY or reconnect ends it).
+    if (failed) rec = app.key_cache.find_stale(hash, keys::KeyCache::Clock::now());
+    if (failed && !rec) {
       keep_alive = co_await reply_error(client, app, ctx, http::status::service_unavailable,
                                         "Authentication is temporarily unavailable; retry shortly.",
                                         "service_unavailable", "auth_unavailable", keep_alive);
