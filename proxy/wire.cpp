@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 namespace tollgate::wire {
 namespace od = simdjson::ondemand;
@@ -15,6 +16,14 @@ namespace od = simdjson::ondemand;
 namespace {
 
 thread_local od::parser tl_parser;
+thread_local simdjson::dom::parser tl_dom_parser;
+
+/// Boost.JSON reads documents as deep as simdjson does (its default is 32 levels).
+const boost::json::parse_options deep_json = [] {
+  boost::json::parse_options o;
+  o.max_depth = simdjson::DEFAULT_MAX_DEPTH;
+  return o;
+}();
 
 /// simdjson reads up to SIMDJSON_PADDING bytes past the end: make sure they are ours.
 simdjson::padded_string_view padded(std::string& s) {
@@ -22,11 +31,7 @@ simdjson::padded_string_view padded(std::string& s) {
   return simdjson::padded_string_view(s.data(), s.size(), s.capacity());
 }
 
-std::string json_escape(std::string_view s) {
-  return boost::json::serialize(boost::json::string_view(s.data(), s.size()));
-}
-
-/// Whether `s` is exactly one JSON number (RFC 8259 §6): -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+/// True if `s` is exactly a JSON number (RFC 8259 §6).
 bool is_json_number(std::string_view s) noexcept {
   std::size_t i = 0;
   auto digits = [&] {
@@ -44,6 +49,10 @@ bool is_json_number(std::string_view s) noexcept {
     if (!digits()) return false;
   }
   return i == s.size();
+}
+
+std::string json_escape(std::string_view s) {
+  return boost::json::serialize(boost::json::string_view(s.data(), s.size()));
 }
 
 /// The text of a number value (ondemand's raw token, trailing whitespace removed), or empty
@@ -85,60 +94,68 @@ std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err)
     err = RequestError{400, std::move(msg), std::move(code)};
     return std::nullopt;
   };
+  auto invalid_json = [&] { return fail("We could not parse the JSON body of your request.", "invalid_json"); };
   ParsedRequest out;
-  od::document doc;
-  if (tl_parser.iterate(padded(body)).get(doc) != simdjson::SUCCESS)
-    return fail("We could not parse the JSON body of your request.", "invalid_json");
-  od::object obj;
+  // The DOM parser validates the whole document (on-demand would skip unread values unchecked,
+  // and the upstream must get valid JSON).
+  simdjson::padded_string_view in = padded(body);
+  simdjson::dom::element doc;
+  if (tl_dom_parser.parse(in.data(), in.length(), false).get(doc) != simdjson::SUCCESS) return invalid_json();
+  simdjson::dom::object obj;
   if (doc.get_object().get(obj) != simdjson::SUCCESS)
     return fail("The request body must be a JSON object.", "invalid_json");
-  bool have_model = false;
-  for (auto field : obj) {
-    std::string_view key;
-    if (field.unescaped_key().get(key) != simdjson::SUCCESS)
-      return fail("We could not parse the JSON body of your request.", "invalid_json");
-    od::value v;
-    if (field.value().get(v) != simdjson::SUCCESS)
-      return fail("We could not parse the JSON body of your request.", "invalid_json");
+  // Each field read here at most once: parsers disagree on which duplicate wins (the upstream
+  // might bill a different model or cap than tollgate held for).
+  bool seen_model = false, seen_stream = false, seen_max_tokens = false, seen_max_completion_tokens = false;
+  auto repeated = [&](std::string_view key) {
+    return fail(fmt::format("'{}' appears more than once.", key), "duplicate_field");
+  };
+  for (auto [key, v] : obj) {
     if (key == "model") {
+      if (std::exchange(seen_model, true)) return repeated(key);
       std::string_view m;
       if (v.get_string().get(m) != simdjson::SUCCESS || m.empty() || m.size() > 256)
         return fail("'model' must be a non-empty string.", "invalid_model");
       out.model = std::string(m);
-      have_model = true;
     } else if (key == "stream") {
+      if (std::exchange(seen_stream, true)) return repeated(key);
+      if (v.is_null()) continue;
       bool b;
-      if (v.is_null().value_unsafe()) continue;
       if (v.get_bool().get(b) != simdjson::SUCCESS) return fail("'stream' must be a boolean.", "invalid_value");
       out.stream = b;
     } else if (key == "max_tokens" || key == "max_completion_tokens") {
-      if (v.is_null().value_unsafe()) continue;
+      bool is_max_tokens = key == "max_tokens";
+      if (std::exchange(is_max_tokens ? seen_max_tokens : seen_max_completion_tokens, true)) return repeated(key);
+      if (v.is_null()) {
+        if (is_max_tokens) out.max_tokens_null = true;
+        continue;
+      }
       std::int64_t n;
       if (v.get_int64().get(n) != simdjson::SUCCESS || n < 1)
         return fail(fmt::format("'{}' must be a positive integer.", key), "invalid_value");
-      if (!out.max_tokens || key == "max_tokens") out.max_tokens = n;
+      if (!out.max_tokens || is_max_tokens) out.max_tokens = n;
     } else if (key == "stream_options") {
-      if (v.is_null().value_unsafe()) continue;
-      od::object so;
+      if (std::exchange(out.has_stream_options, true)) return repeated(key);
+      if (v.is_null()) continue;
+      simdjson::dom::object so;
       if (v.get_object().get(so) != simdjson::SUCCESS)
         return fail("'stream_options' must be an object.", "invalid_value");
-      out.has_stream_options = true;
-      for (auto f2 : so) {
-        std::string_view k2;
-        if (f2.unescaped_key().get(k2) != simdjson::SUCCESS)
-          return fail("We could not parse the JSON body of your request.", "invalid_json");
-        if (k2 == "include_usage") {
-          bool b = false;
-          if (f2.value().get_bool().get(b) != simdjson::SUCCESS)
-            return fail("'stream_options.include_usage' must be a boolean.", "invalid_value");
-          out.include_usage = b;
-        }
+      bool seen_include_usage = false;
+      for (auto [k2, v2] : so) {
+        if (k2 != "include_usage") continue;
+        if (std::exchange(seen_include_usage, true)) return repeated("stream_options.include_usage");
+        if (v2.get_bool().get(out.include_usage) != simdjson::SUCCESS)
+          return fail("'stream_options.include_usage' must be a boolean.", "invalid_value");
       }
     }
   }
-  const char* trailing = nullptr;  // anything but whitespace after the object is an error
-  if (doc.current_location().get(trailing) == simdjson::SUCCESS) return fail("We could not parse the JSON body of your request.", "invalid_json");
-  if (!have_model) return fail("you must provide a model parameter", "missing_model");
+  if (!seen_model) return fail("you must provide a model parameter", "missing_model");
+  // upstream_body() edits these as a document with Boost.JSON: it must read them as well.
+  if ((out.stream && out.has_stream_options && !out.include_usage) || out.max_tokens_null) {
+    boost::json::error_code ec;
+    boost::json::parse(boost::json::string_view(body.data(), body.size()), ec, {}, deep_json);
+    if (ec) return invalid_json();
+  }
   return out;
 }
 
@@ -147,10 +164,16 @@ std::string upstream_body(std::string_view body, Endpoint ep, const ParsedReques
   bool want_usage = req.stream && !req.include_usage && ep != Endpoint::embeddings;
   bool want_cap = !req.max_tokens && ep != Endpoint::embeddings;
   if (!want_usage && !want_cap) return std::string(body);
-  if (want_usage && req.has_stream_options) {
-    // Rare: the client sent stream_options without include_usage; edit it as a document.
-    boost::json::object o = boost::json::parse(boost::json::string_view(body.data(), body.size())).as_object();
-    o["stream_options"].as_object()["include_usage"] = true;
+  if ((want_usage && req.has_stream_options) || (want_cap && req.max_tokens_null)) {
+    // Rare: a field to set is there already (null, or stream_options without include_usage):
+    // edit it as a document, so the body never holds the field twice.
+    boost::json::object o =
+        boost::json::parse(boost::json::string_view(body.data(), body.size()), {}, deep_json).as_object();
+    if (want_usage) {
+      boost::json::value& so = o["stream_options"];
+      if (!so.is_object()) so = boost::json::object();
+      so.as_object()["include_usage"] = true;
+    }
     if (want_cap) o["max_tokens"] = default_max_tokens;
     return boost::json::serialize(o);
   }
@@ -183,9 +206,12 @@ std::optional<ChunkInfo> inspect_json(std::string_view json) {
     if (key == "id") {
       std::string_view id;
       if (v.get_string().get(id) == simdjson::SUCCESS) info.generation_id = std::string(id);
+      else info.generation_id.reset();
     } else if (key == "error") {
-      if (!v.is_null().value_unsafe()) info.error = true;
+      info.error = !v.is_null().value_unsafe();
     } else if (key == "choices") {
+      have_choices = choices_empty = false;
+      info.finish_reason.reset();
       od::array arr;
       if (v.get_array().get(arr) != simdjson::SUCCESS) continue;
       have_choices = true;
@@ -195,12 +221,20 @@ std::optional<ChunkInfo> inspect_json(std::string_view json) {
         od::object c;
         if (el.get_object().get(c) != simdjson::SUCCESS) continue;
         std::string_view fr;
-        if (c.find_field_unordered("finish_reason").get_string().get(fr) == simdjson::SUCCESS)
-          info.finish_reason = std::string(fr);
+        bool have_fr = false;  // the last finish_reason of this choice is a string
+        for (auto cf : c) {
+          std::string_view ck;
+          if (cf.unescaped_key().get(ck) != simdjson::SUCCESS) break;
+          if (ck == "finish_reason") have_fr = cf.value().get_string().get(fr) == simdjson::SUCCESS;
+        }
+        if (have_fr) info.finish_reason = std::string(fr);
       }
     } else if (key == "usage") {
       od::object u;
-      if (v.get_object().get(u) != simdjson::SUCCESS) continue;  // null
+      if (v.get_object().get(u) != simdjson::SUCCESS) {  // null
+        info.usage.reset();
+        continue;
+      }
       Usage usage;
       for (auto uf : u) {
         std::string_view uk;
@@ -208,9 +242,9 @@ std::optional<ChunkInfo> inspect_json(std::string_view json) {
         od::value uv;
         if (uf.value().get(uv) != simdjson::SUCCESS) break;
         if (uk == "prompt_tokens") {
-          if (auto n = usage_tokens(uv)) usage.prompt_tokens = *n;
+          usage.prompt_tokens = usage_tokens(uv).value_or(0);  // of repeated keys the last counts
         } else if (uk == "completion_tokens") {
-          if (auto n = usage_tokens(uv)) usage.completion_tokens = *n;
+          usage.completion_tokens = usage_tokens(uv).value_or(0);
         } else if (uk == "cost") {
           usage.cost_usd = usage_cost(uv);
         }

@@ -16,7 +16,8 @@ struct ParsedRequest {
   std::string model;
   bool stream = false;
   std::optional<std::int64_t> max_tokens;  ///< max_tokens, else max_completion_tokens
-  bool has_stream_options = false;
+  bool max_tokens_null = false;     ///< `"max_tokens": null` was sent (upstream_body replaces it)
+  bool has_stream_options = false;  ///< `stream_options` was sent (an object or null)
   bool include_usage = false;  ///< the client asked for the usage chunk (stream_options)
 };
 
@@ -27,8 +28,9 @@ struct RequestError {
   std::string code;
 };
 
-/// Parses and validates a request body with simdjson. `body` is copied into a padded buffer
-/// only when its capacity lacks simdjson's padding. Returns the fields or a 400 error.
+/// Parses and validates a request body with simdjson (the whole document must be valid JSON;
+/// the fields above may appear once each). `body` is copied into a padded buffer only when its
+/// capacity lacks simdjson's padding. Returns the fields or a 400 error.
 std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err);
 
 /// The body to send upstream: the client's body with, where absent,
@@ -65,8 +67,9 @@ struct ChunkInfo {
   std::optional<std::string> finish_reason;
 };
 
-/// Reads usage/error/id from a complete JSON document (response body or chunk data).
-/// nullopt if it is not a JSON object.
+/// Reads usage/error/id from a complete JSON document (response body or chunk data). Of a
+/// repeated key the last one counts, as for JavaScript's JSON.parse (the client's SDK) and most
+/// parsers. nullopt if it is not a JSON object.
 std::optional<ChunkInfo> inspect_json(std::string_view json);
 
 /// Cheap check (no parse) whether a chunk carries visible output (non-empty delta content,
@@ -95,6 +98,11 @@ class SseSplitter {
         }
         continue;
       }
+      if (event_just_ended_) {  // a lone CR ended the event; this byte starts the next one
+        event_just_ended_ = false;
+        on_event(std::string_view(buf_).substr(start, i - start));
+        start = i;
+      }
       after_cr_ = c == '\r';
       if (c == '\n' || c == '\r') {
         if (line_empty_) {
@@ -108,11 +116,6 @@ class SseSplitter {
         }
         line_empty_ = true;
       } else {
-        if (event_just_ended_) {  // lone CR ended the event
-          event_just_ended_ = false;
-          on_event(std::string_view(buf_).substr(start, i - start));
-          start = i;
-        }
         line_empty_ = false;
       }
     }

@@ -65,6 +65,15 @@ TEST_CASE("CRLF and CR line endings") {
   CHECK(event_data(cr[0]) == "a");
 }
 
+TEST_CASE("a blank line ended by a lone CR is an event of its own, at every chunk boundary") {
+  // CR, then CRLF: two blank lines, so two events (found by tests/fuzz sse_usage: the splitter
+  // used to merge the second into the first).
+  const std::string stream = "data: e\n\r\r\n\r\rdata: f\n\n";
+  const std::vector<std::string> expected{"data: e\n\r", "\r\n", "\r", "\r", "data: f\n\n"};
+  CHECK(split_all(stream, {}) == expected);
+  for (std::size_t cut = 1; cut < stream.size(); ++cut) CHECK(split_all(stream, {cut}) == expected);
+}
+
 TEST_CASE("an incomplete event stays pending") {
   SseSplitter s;
   int n = 0;

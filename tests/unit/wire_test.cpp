@@ -66,6 +66,79 @@ TEST_CASE("upstream body asks for usage and caps max_tokens only where absent") 
   CHECK(upstream_body(body3, Endpoint::embeddings, *r3, 4096) == body3);  // untouched
 }
 
+TEST_CASE("the whole request body must be valid JSON, values tollgate does not read included") {
+  // Found by tests/fuzz wire_request: on-demand parsing skipped unread values unchecked, so the
+  // upstream got invalid JSON, and upstream_body() threw when it had to edit such a body.
+  RequestError err;
+  for (const char* bad : {R"({"model":"m","x":tru})", R"({"model":"m","x":[1,]})", R"({"model":"m","x":"\q"})",
+                          R"({"model":"m","x":01})", R"({"model":"m","x":{"a" 1}})",
+                          R"({"model":"m","stream":true,"stream_options":{},"x":tru})"}) {
+    CAPTURE(bad);
+    CHECK_FALSE(parse(bad, err));
+    CHECK(err.code == "invalid_json");
+  }
+}
+
+TEST_CASE("fields tollgate bills by may appear only once") {
+  // Parsers disagree on which duplicate wins: the upstream could read another model or cap.
+  RequestError err;
+  for (const char* dup : {R"({"model":"cheap","model":"dear"})", R"({"model":"m","max_tokens":100000,"max_tokens":1})",
+                          R"({"model":"m","max_tokens":5,"max_tokens":null})", R"({"model":"m","stream":false,"stream":true})",
+                          R"({"model":"m","max_completion_tokens":1,"max_completion_tokens":9})",
+                          R"({"model":"m","stream_options":null,"stream_options":{}})",
+                          R"({"model":"m","stream_options":{"include_usage":false,"include_usage":true}})"}) {
+    CAPTURE(dup);
+    CHECK_FALSE(parse(dup, err));
+    CHECK(err.code == "duplicate_field");
+  }
+}
+
+TEST_CASE("a null max_tokens or stream_options is replaced upstream, never sent beside ours") {
+  // Found by tests/fuzz wire_request: {"max_tokens":4096,…,"max_tokens":null} went upstream, and a
+  // last-key-wins parser read no cap at all.
+  RequestError err;
+  std::string body = R"({"model":"m","stream":true,"max_tokens":null,"stream_options":null,"messages":[]})";
+  auto r = parse(body, err);
+  REQUIRE(r);
+  CHECK(r->max_tokens_null);
+  CHECK_FALSE(r->max_tokens);
+  std::string up_text = upstream_body(body, Endpoint::chat_completions, *r, 4096);
+  CHECK(up_text.find("null") == std::string::npos);
+  auto up = boost::json::parse(up_text).as_object();
+  CHECK(up["max_tokens"].as_int64() == 4096);
+  CHECK(up["stream_options"].as_object()["include_usage"].as_bool());
+}
+
+TEST_CASE("usage extraction: of a repeated key the last one counts, as for JSON.parse") {
+  auto a = inspect_json(R"({"id":"a","id":7,"usage":{"prompt_tokens":5,"completion_tokens":5},"usage":null})");
+  REQUIRE(a);
+  CHECK_FALSE(a->generation_id);
+  CHECK_FALSE(a->usage);
+  auto b = inspect_json(R"({"error":{"code":1},"error":null,"usage":{"prompt_tokens":5,"prompt_tokens":"x","cost":1,"cost":null}})");
+  REQUIRE(b);
+  CHECK_FALSE(b->error);
+  REQUIRE(b->usage);
+  CHECK(b->usage->prompt_tokens == 0);
+  CHECK_FALSE(b->usage->cost_usd);
+  auto c = inspect_json(R"({"choices":[{"finish_reason":"stop","finish_reason":null}],"choices":7})");
+  REQUIRE(c);
+  CHECK_FALSE(c->finish_reason);
+}
+
+TEST_CASE("a usage.cost that is not exactly a JSON number is no cost") {
+  // Found by tests/fuzz: on-demand reads a number's type from its first character only.
+  for (const char* bad : {R"({"usage":{"cost":1e:400}})", R"({"usage":{"cost":12abc}})", R"({"usage":{"cost":-}})"}) {
+    auto d = inspect_json(bad);
+    CAPTURE(bad);
+    CHECK_FALSE((d && d->usage && d->usage->cost_usd));
+  }
+  auto e = inspect_json(R"({"usage":{"cost":0.5e-3 }})");
+  REQUIRE((e && e->usage && e->usage->cost_usd));
+  CHECK(*e->usage->cost_usd == "0.5e-3");
+  auto n = inspect_json(R"({"usage":{"cost":-0.5e-3 }})");  // a negative cost is ignored (billing edges)
+  CHECK_FALSE((n && n->usage && n->usage->cost_usd));
+}
+
 TEST_CASE("usage extraction from a response and from the final stream chunk") {
   auto info = inspect_json(R"({"id":"gen-9","choices":[{"message":{"content":"x"},"finish_reason":"stop"}],)"
                            R"("usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15,"cost":1.5e-05,)"
