@@ -26,6 +26,7 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <tuple>
 #include <random>
 
 namespace tollgate {
@@ -51,9 +52,39 @@ awaitable<bool> created_just_now(beast::tcp_stream& client, App& app, const std:
   co_return app.key_filter.might_contain(hash);
 }
 
+/// The key record of `hash` from Postgres (null: no such key), and whether the lookup failed;
+/// cached. Misses of one key hash on this event loop share one lookup: a cold key bursting
+/// 1,000 times costs one Postgres round trip, not 1,000.
+awaitable<std::pair<keys::KeyCache::Record, bool>> lookup_key(App& app, ThreadContext& tc, const std::string& hash,
+                                                              keys::KeyCache::Clock::time_point now,
+                                                              const std::string& request_id) {
+  if (auto it = tc.key_lookups.find(hash); it != tc.key_lookups.end()) {
+    auto in_flight = it->second;
+    co_await in_flight->done.async_wait(tuple_awaitable);  // cancelled when the lookup finished
+    co_return std::pair{in_flight->rec, in_flight->failed};
+  }
+  auto l = std::make_shared<KeyLookup>(co_await net::this_coro::executor);
+  tc.key_lookups.emplace(hash, l);
+  ++app.metrics.key_lookups;
+  auto gen = app.key_cache.generation();
+  try {
+    // A named lambda: GCC 12 double-destroys lambda temporaries inside co_await expressions.
+    auto query = [hash](sql::PgConn& db) { return sql::lookup_key(db, hash); };
+    auto found = co_await app.lookups.run(query);
+    if (found) l->rec = std::make_shared<const keys::KeyRecord>(std::move(*found));
+    app.key_cache.put(hash, l->rec, gen, now);
+  } catch (const std::exception& e) {
+    spdlog::error("{}: key lookup failed: {}", request_id, e.what());
+    l->failed = true;
+  }
+  tc.key_lookups.erase(hash);
+  l->done.cancel();
+  co_return std::pair{l->rec, l->failed};
+}
+
 // Phase 2: authenticate. Returns the key record, or nullptr after answering 401/503.
-awaitable<keys::KeyCache::Record> authenticate(beast::tcp_stream& client, App& app, RequestCtx& ctx,
-                                               std::string_view authorization, bool& keep_alive) {
+awaitable<keys::KeyCache::Record> authenticate(beast::tcp_stream& client, App& app, ThreadContext& tc,
+                                               RequestCtx& ctx, std::string_view authorization, bool& keep_alive) {
   auto deny = [&](std::string_view msg) -> awaitable<keys::KeyCache::Record> {
     ++app.metrics.auth_failures;
     keep_alive = co_await reply_error(client, app, ctx, http::status::unauthorized, msg,
@@ -78,19 +109,8 @@ awaitable<keys::KeyCache::Record> authenticate(beast::tcp_stream& client, App& a
     co_return co_await deny("Incorrect API key provided.");
   } else {
     ++app.metrics.key_cache_misses;
-    ++app.metrics.key_lookups;
-    auto gen = app.key_cache.generation();
     bool failed = false;
-    try {
-      // A named lambda: GCC 12 double-destroys lambda temporaries inside co_await expressions.
-      auto query = [hash](sql::PgConn& db) { return sql::lookup_key(db, hash); };
-      auto found = co_await app.lookups.run(query);
-      if (found) rec = std::make_shared<const keys::KeyRecord>(std::move(*found));
-      app.key_cache.put(hash, rec, gen, now);
-    } catch (const std::exception& e) {
-      spdlog::error("{}: key lookup failed: {}", ctx.request_id, e.what());
-      failed = true;
-    }
+    std::tie(rec, failed) = co_await lookup_key(app, tc, hash, now, ctx.request_id);
     // Stale-if-error: a key Postgres confirmed shortly before it failed keeps working
     // (bounded by keys.stale_if_error_ms; a revocation NOTIFY or reconnect ends it).
     if (failed) rec = app.key_cache.find_stale(hash, keys::KeyCache::Clock::now());
@@ -285,7 +305,7 @@ awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& bu
                                    "invalid_request_error", "method_not_allowed", keep_alive);
 
   // Phase 2: authenticate (before reading any body).
-  ctx.key = co_await authenticate(client, app, ctx, h[http::field::authorization], keep_alive);
+  ctx.key = co_await authenticate(client, app, tc, ctx, h[http::field::authorization], keep_alive);
   if (!ctx.key) co_return keep_alive;
   ctx.pricing = app.pricing.load();
   if (!is_post) co_return co_await list_models(client, app, ctx, keep_alive);

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import OpenAI from 'openai';
 
-import { toMicros, useHarness } from './harness.js';
+import { readResponse, toMicros, useHarness } from './harness.js';
 
 const h = useHarness();
 
@@ -29,14 +29,7 @@ async function post(body) {
     headers: { 'content-type': 'application/json', authorization: `Bearer ${h.key}` },
     body: JSON.stringify(body),
   });
-  const text = await res.text();
-  let json;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, headers: res.headers, text, json };
+  return readResponse(res);
 }
 
 /** What must never reach a client: the operator's upstream key, and the upstream's cost. */

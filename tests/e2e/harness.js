@@ -29,6 +29,18 @@ if (!DATABASE_URL) {
 export const TOLLGATE_BIN = resolve(process.env.TOLLGATE_BIN || join(HERE, '../../build/bin/tollgate'));
 export const STUB_BIN = resolve(process.env.TOLLGATE_STUB_BIN || join(HERE, '../../build/bin/tollgate-stub'));
 
+/** Reads a fetch Response whole: { status, headers, text, json } (json undefined if not JSON). */
+export async function readResponse(res) {
+  const text = await res.text();
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, headers: res.headers, text, json };
+}
+
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 export const randomSuffix = (bytes = 6) => randomBytes(bytes).toString('hex');
 
@@ -177,7 +189,12 @@ class Child {
 // The harness
 
 export class Harness {
-  constructor() {
+  /**
+   * `defaultAdmissionTimeout`: every proxy started keeps tollgate's default admission deadline
+   * (50 ms) instead of the 2 s the other suites use (for tests about the deadline itself).
+   */
+  constructor({ defaultAdmissionTimeout = false } = {}) {
+    this.defaultAdmissionTimeout = defaultAdmissionTimeout;
     this.run = `e2e${randomSuffix(5)}`;
     this.namespace = this.run; // model namespace and pricing-rule glob prefix
     this.model = `${this.namespace}/small`;
@@ -209,8 +226,12 @@ export class Harness {
     return { child, port, url: `http://127.0.0.1:${port}` };
   }
 
-  /** Starts one `tollgate serve`; `upstreamUrl` defaults to the stub. */
-  async startProxy({ upstreamUrl = `${this.stubUrl}/api/v1`, name = 'tollgate', env: extraEnv = {}, args = [] } = {}) {
+  /**
+   * Starts one `tollgate serve`; `upstreamUrl` defaults to the stub. `defaultAdmissionTimeout`
+   * (default: the harness') leaves TOLLGATE_ADMISSION_TIMEOUT_MS unset.
+   */
+  async startProxy({ upstreamUrl = `${this.stubUrl}/api/v1`, name = 'tollgate', env: extraEnv = {}, args = [],
+                     defaultAdmissionTimeout = this.defaultAdmissionTimeout } = {}) {
     await waitForFile(TOLLGATE_BIN, 60_000, 'tollgate binary');
     const dir = this.tmp(name);
     const portFile = join(dir, 'port');
@@ -229,6 +250,7 @@ export class Harness {
       TOLLGATE_ADMISSION_TIMEOUT_MS: '2000',
       ...extraEnv,
     };
+    if (defaultAdmissionTimeout) delete env.TOLLGATE_ADMISSION_TIMEOUT_MS;
     const child = new Child(name, TOLLGATE_BIN,
       [...args, 'serve', '--port-file', portFile, '--admin-port-file', adminPortFile], env);
     this.children.push(child);
@@ -400,10 +422,10 @@ export class Harness {
 
 /**
  * Creates a Harness and registers node:test before/after hooks that start and stop it;
- * `options` go to Harness.start().
+ * `options` go to its constructor and to Harness.start().
  */
 export function useHarness(options = {}) {
-  const h = new Harness();
+  const h = new Harness(options);
   before(async () => {
     await h.start(options);
   }, { timeout: 60_000 });

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import OpenAI from 'openai';
 
-import { closedPort, fromMicros, psql, lit, randomSuffix, sleep, tollgate, toMicros, useHarness } from './harness.js';
+import { closedPort, fromMicros, lit, psql, randomSuffix, readResponse, sleep, toMicros, tollgate, useHarness } from './harness.js';
 
 const h = useHarness();
 
@@ -63,14 +63,7 @@ async function post(path, body, { key = h.key, headers = {}, url = h.url, ...ini
     body: typeof body === 'string' || body instanceof Uint8Array || body instanceof ReadableStream ? body : JSON.stringify(body),
     ...init,
   });
-  const text = await res.text();
-  let json;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, headers: res.headers, text, json };
+  return readResponse(res);
 }
 
 /** Runs an SDK streaming chat completion to its end (or error); collects chunks with arrival times. */

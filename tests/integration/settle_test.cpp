@@ -251,19 +251,28 @@ TEST_CASE("settle: a batch Redis answers after the deadline is sent again and co
   auto k = key_for(a);
   auto batch = admitted(fx, k, 3);
 
-  // Redis holds every client's commands for 150 ms (CLIENT PAUSE): the batch gets no answer
+  // Redis holds every client's scripts for 150 ms (CLIENT PAUSE … WRITE, ended by CLIENT UNPAUSE
+  // from another connection: a pause left to end by itself ends at Redis' next 100 ms cron tick,
+  // 150 or 250 ms, which made the second attempt's deadline a coin toss): the batch gets no answer
   // within its 100 ms deadline, the connection is dropped, and Redis discards the unanswered
   // command with its client. Only the second attempt, on a new connection, settles.
   {
-    std::vector<std::string> argv{"CLIENT", "PAUSE", "150"};
+    std::vector<std::string> argv{"CLIENT", "PAUSE", "2000", "WRITE"};
     auto r = fx.sync.command(argv);
     REQUIRE(r);
     REQUIRE(r->str == "OK");
   }
+  std::thread unpause([] {
+    std::this_thread::sleep_for(150ms);
+    RedisSyncClient other(parse_redis_url(redis_url()), 2000ms);
+    std::vector<std::string> argv{"CLIENT", "UNPAUSE"};
+    other.command(argv);
+  });
   const auto t0 = std::chrono::steady_clock::now();
   for (const auto& s : batch) fx.admitter.settle(s);
   fx.run_until_settled(3);
   const auto waited = std::chrono::steady_clock::now() - t0;
+  unpause.join();
   CHECK(waited >= 100ms);  // the first attempt did time out
 
   AccountKeys ak(a);
