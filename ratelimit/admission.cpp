@@ -7,6 +7,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/error.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -107,6 +108,18 @@ boost::asio::awaitable<std::pair<boost::system::error_code, RedisReply>> Admitte
   co_return res;
 }
 
+void Admitter::release_unanswered(const std::string& account, const std::string& request_id,
+                                  std::int64_t sent_ms, const Admission& a) {
+  Settlement s;
+  s.account = account;
+  s.request_id = request_id;
+  s.windows = a.windows;
+  for (auto& w : s.windows) w.bucket = sent_ms / std::max<std::int64_t>(1, w.window_ms / cfg_.buckets);  // as admit.lua
+  s.token_estimate = a.token_estimate;  // a hold that exists gets its token windows back
+  s.release_only = true;
+  settle(std::move(s));
+}
+
 void Admitter::settle(Settlement s) {
   queued_.push_back(std::move(s));
   if (batches_in_flight_ > 0) return;  // the batch's completion sends what queued meanwhile
@@ -148,6 +161,8 @@ void Admitter::flush_settles() {
 
 boost::asio::awaitable<void> Admitter::settle_batch(std::vector<Settlement> batch) {
   const std::size_t n = batch.size();
+  const auto counted = static_cast<std::size_t>(
+      std::count_if(batch.begin(), batch.end(), [](const Settlement& s) { return !s.release_only; }));
   try {
     AccountKeys ak(batch.front().account);
     std::vector<std::string> keys{ak.balance, ak.holds, ak.hold_amounts, ak.pending, ak.committed};
@@ -188,7 +203,7 @@ boost::asio::awaitable<void> Admitter::settle_batch(std::vector<Settlement> batc
   }
   settling_ -= n;
   --batches_in_flight_;
-  if (on_settled_) on_settled_(n);
+  if (on_settled_ && counted > 0) on_settled_(counted);
   if (batches_in_flight_ == 0 && !queued_.empty() && !timer_armed_) {
     if (queued_.size() >= settle_batch_max)
       flush_settles();

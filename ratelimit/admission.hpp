@@ -92,6 +92,9 @@ struct Settlement {
   std::vector<Window> windows;      ///< from its Admission; token windows are corrected
   std::int64_t actual_tokens = 0;   ///< prompt + completion tokens the upstream reported
   std::int64_t token_estimate = 0;  ///< what admission counted
+  /// Queued by admit() itself for an admission Redis did not answer in time (not counted by
+  /// SettledFn): releases the hold in case the script did run.
+  bool release_only = false;
 };
 
 /// Called on the event loop after `n` queued settles got their answer (or failed: their holds
@@ -131,6 +134,9 @@ class Admitter {
   /// a refusal carries the remaining counts and resets Redis last reported for the request's
   /// windows (a request with a window Redis did not report goes to Redis). So a flood on a key
   /// that is over its limit costs Redis one script call per event loop and Retry-After.
+  /// An admission whose script was sent but not answered in time (Redis slow, or this event
+  /// loop too late to read the answer) may still have placed its hold: a settle with no charge
+  /// follows it on the same connection and releases it, instead of leaving it for `hold_ttl`.
   boost::asio::awaitable<Admission> admit(const keys::KeyRecord& key, const std::string& request_id,
                                           pricing::Micros hold, std::int64_t token_estimate);
 
@@ -156,6 +162,8 @@ class Admitter {
 
  private:
   void flush_settles();
+  void release_unanswered(const std::string& account, const std::string& request_id, std::int64_t sent_ms,
+                          const Admission& a);
   void arm_settle_timer();
   boost::asio::awaitable<void> settle_batch(std::vector<Settlement> batch);
 

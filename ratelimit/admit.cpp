@@ -9,6 +9,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/error.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -143,6 +144,9 @@ boost::asio::awaitable<void> Admitter::run_batch(std::string account) {
       auto [ec, reply] = co_await eval(script_admit, keys, args);
       if (ec || reply.type != RedisReply::Type::array || reply.elements.size() != todo.size()) {
         if (!ec) spdlog::error("admission script: unexpected reply {}", reply.str);
+        // Refused connections never ran it; anything else (a timeout, a dropped link) may have.
+        if (ec && ec != boost::asio::error::connection_refused)
+          for (AdmitCall* c : todo) release_unanswered(account, c->request_id, sent_at, c->result);
         break;
       }
       std::vector<AdmitCall*> uncached;
