@@ -1,0 +1,78 @@
+// Fuzz target: a complete upstream JSON body (a non-streaming response, or one stream chunk's
+// data) as billing reads it (proxy/wire.hpp, wire::inspect_json).
+//
+// Invariants: when an independent parser (Boost.JSON: strict RFC 8259, last duplicate key wins,
+// as JavaScript and Python read it, and as the client's SDK will) reads the body as an object,
+// inspect_json reads it too and agrees on every field billing uses: `id`, `error`, the last
+// `finish_reason` of `choices`, `usage.prompt_tokens`/`completion_tokens` (integers) and
+// `usage.cost` (a number, its exact text); and what billing makes of the result stays in range
+// (usage_checks.hpp).
+#include "proxy/wire.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
+#include "tests/fuzz/usage_checks.hpp"
+
+#include <boost/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace {
+using namespace tollgate;
+namespace json = boost::json;
+
+/// An integer token count as inspect_json keeps it: int64 values only, else 0.
+std::int64_t token_field(const json::object& usage, std::string_view key) {
+  const json::value* v = usage.if_contains(key);
+  return v && v->is_int64() ? v->as_int64() : 0;
+}
+
+void compare_with_boost(std::string_view body, const std::optional<wire::ChunkInfo>& info) {
+  json::error_code ec;
+  json::parse_options deep;
+  deep.max_depth = 1024;  // as deep as simdjson reads (Boost.JSON's default is 32)
+  json::value doc = json::parse(body, ec, {}, deep);
+  if (ec || !doc.is_object()) return;
+  FUZZ_CHECK(info.has_value());
+  const json::object& o = doc.as_object();
+
+  const json::value* id = o.if_contains("id");
+  if (id && id->is_string()) FUZZ_CHECK(info->generation_id && *info->generation_id == id->as_string());
+  else FUZZ_CHECK(!info->generation_id);
+
+  const json::value* error = o.if_contains("error");
+  FUZZ_CHECK(info->error == (error && !error->is_null()));
+
+  std::optional<std::string_view> finish;
+  bool choices_empty = false;
+  if (const json::value* choices = o.if_contains("choices"); choices && choices->is_array()) {
+    choices_empty = choices->as_array().empty();
+    for (const json::value& c : choices->as_array()) {
+      const json::value* fr = c.is_object() ? c.as_object().if_contains("finish_reason") : nullptr;
+      if (fr && fr->is_string()) finish = fr->as_string();
+    }
+  }
+  FUZZ_CHECK(info->finish_reason.has_value() == finish.has_value());
+  if (finish) FUZZ_CHECK(*info->finish_reason == *finish);
+
+  const json::value* usage = o.if_contains("usage");
+  FUZZ_CHECK(info->usage.has_value() == (usage && usage->is_object()));
+  FUZZ_CHECK(info->usage_only == (choices_empty && info->usage.has_value()));
+  if (!info->usage) return;
+  const json::object& u = usage->as_object();
+  FUZZ_CHECK(info->usage->prompt_tokens == token_field(u, "prompt_tokens"));
+  FUZZ_CHECK(info->usage->completion_tokens == token_field(u, "completion_tokens"));
+  const json::value* cost = u.if_contains("cost");
+  bool cost_is_number = cost && (cost->is_int64() || cost->is_uint64() || cost->is_double());
+  FUZZ_CHECK(info->usage->cost_usd.has_value() == cost_is_number);
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  std::string_view body(reinterpret_cast<const char*>(data), size);
+  auto info = wire::inspect_json(body);
+  if (info) tollgate::fuzz::check_chunk_info(*info);
+  compare_with_boost(body, info);
+  return 0;
+}

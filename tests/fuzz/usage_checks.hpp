@@ -1,0 +1,60 @@
+#pragma once
+// Invariants shared by the fuzz targets that read upstream JSON (sse_usage, response_json):
+// what wire::inspect_json returns, and what billing makes of it (pricing::parse_decimal for
+// `usage.cost`, token_cost and charge for token counts) never overflows or goes negative.
+#include "pricing/money.hpp"
+#include "pricing/pricing.hpp"
+#include "proxy/wire.hpp"
+#include "tests/fuzz/fuzz_check.hpp"
+
+#include <string_view>
+
+namespace tollgate::fuzz {
+
+/// True if `s` is a JSON number (RFC 8259 §6).
+inline bool is_json_number(std::string_view s) {
+  std::size_t i = 0;
+  auto digits = [&] {
+    std::size_t from = i;
+    while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
+    return i > from;
+  };
+  if (i < s.size() && s[i] == '-') ++i;
+  if (i < s.size() && s[i] == '0') ++i;
+  else if (!digits()) return false;
+  if (i < s.size() && s[i] == '.') {
+    ++i;
+    if (!digits()) return false;
+  }
+  if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+    ++i;
+    if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+    if (!digits()) return false;
+  }
+  return i == s.size();
+}
+
+/// Checks one inspect_json result and runs billing's arithmetic on it (session.cpp, record())
+/// with the dearest prices a model could have: 1 USD per token and a 10000 % markup.
+inline void check_chunk_info(const wire::ChunkInfo& info) {
+  FUZZ_CHECK(!info.usage_only || info.usage);
+  if (!info.usage) return;
+  static const pricing::PricingSnapshot dearest({}, {pricing::PricingRule{"*", 1'000'000, 0, 0}});
+  auto check_charge = [](pricing::Picos cost) {
+    pricing::Charge c = dearest.charge("m", cost);
+    FUZZ_CHECK(c.charge >= 0);
+    if (cost >= 0) FUZZ_CHECK(c.cost >= 0 && c.charge >= c.cost);
+  };
+  const wire::Usage& u = *info.usage;
+  if (u.cost_usd) {
+    FUZZ_CHECK(is_json_number(*u.cost_usd));
+    if (auto picos = pricing::parse_decimal(*u.cost_usd, 12)) check_charge(*picos);
+    (void)pricing::parse_decimal(*u.cost_usd, 6);
+  }
+  const pricing::ModelPrice dear{1'000'000'000'000, 1'000'000'000'000, 0};
+  pricing::Picos cost = pricing::PricingSnapshot::token_cost(dear, u.prompt_tokens, u.completion_tokens);
+  FUZZ_CHECK(cost >= 0);
+  check_charge(cost);
+}
+
+}  // namespace tollgate::fuzz
