@@ -357,6 +357,7 @@ struct Runner {
   std::string request;
   std::vector<std::unique_ptr<Conn>> conns;
   std::vector<Conn*> idle;
+  std::uint32_t next_source = 0;  // idle-stream mode: round-robin over loopback source addresses
   struct Job {
     Clock::time_point sched;
     bool record;
@@ -443,6 +444,14 @@ net::awaitable<Result> exchange_once(Exchange& x, bool& got_bytes, int& status_o
     c.rpos = c.wpos = 0;
     c.used = false;
     ++r.st.connects;
+    if (x.idle_mode && r.ep.address().is_v4() && r.ep.address().is_loopback()) {
+      // tollgate caps connections per client address (512 by default): thousands of idle
+      // streams come from 200 loopback addresses, as real clients come from many.
+      boost::system::error_code bind_ec;
+      c.sock.open(tcp::v4(), bind_ec);
+      auto source = net::ip::address_v4(0x7f000002u + r.next_source++ % 200);
+      if (!bind_ec) c.sock.bind(tcp::endpoint(source, 0), bind_ec);  // unbound on failure: the kernel picks
+    }
     auto [ec] = co_await c.sock.async_connect(r.ep, kTuple);
     if (ec) {
       boost::system::error_code ignore;

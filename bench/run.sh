@@ -30,7 +30,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd -P)
 started_at=$(date +%s)
 # The full pipeline, whatever the caller's environment says.
-unset TOLLGATE_ADMISSION TOLLGATE_LISTEN TOLLGATE_UPSTREAM_URL TOLLGATE_UPSTREAM_KEY TOLLGATE_JOURNAL_DIR TOLLGATE_REDIS_SOCKET
+unset TOLLGATE_ADMISSION TOLLGATE_LISTEN TOLLGATE_ADMIN_LISTEN TOLLGATE_UPSTREAM_URL TOLLGATE_UPSTREAM_KEY TOLLGATE_JOURNAL_DIR TOLLGATE_REDIS_SOCKET
 abspath() { case $1 in /*) echo "$1" ;; *) echo "$caller_pwd/$1" ;; esac; }
 
 mode=quick build=1 install=1 portkey=auto bin_dir="" tools_dir="" out="" only="" perf=0
@@ -347,7 +347,7 @@ start_portkey() {
 }
 
 # ------------------------------------------------------------------ tollgate (one instance per upstream profile)
-TG_PORT="" TG_PID=""
+TG_PORT="" TG_ADMIN_PORT="" TG_PID=""
 start_tollgate() {  # start_tollgate PROFILE THREADS
   local name=tollgate-$1-t$2
   mkdir -p "$state/$name"
@@ -357,18 +357,21 @@ threads = $2
 [usage]
 journal_dir = "$state/$name/journal"
 EOF
-  rm -f "$state/$name/port"
-  TOLLGATE_LISTEN=127.0.0.1:0 TOLLGATE_UPSTREAM_URL="http://127.0.0.1:${STUB_PORT[$1]}/api/v1" \
+  rm -f "$state/$name/port" "$state/$name/admin-port"
+  TOLLGATE_LISTEN=127.0.0.1:0 TOLLGATE_ADMIN_LISTEN=127.0.0.1:0 \
+    TOLLGATE_UPSTREAM_URL="http://127.0.0.1:${STUB_PORT[$1]}/api/v1" \
     TOLLGATE_UPSTREAM_KEY=$STUB_KEY TOLLGATE_JOURNAL_DIR="$state/$name/journal" \
-    "$TG" --config "$state/$name/tollgate.toml" serve --port-file "$state/$name/port" >>"$out/logs/$name.log" 2>&1 &
+    "$TG" --config "$state/$name/tollgate.toml" serve --port-file "$state/$name/port" \
+      --admin-port-file "$state/$name/admin-port" >>"$out/logs/$name.log" 2>&1 &
   TG_PID=$!; pids_to_stop+=("$TG_PID")
   wait_file "$state/$name/port" "$TG_PID" "tollgate ($name)"
   TG_PORT=$(cat "$state/$name/port")
-  wait_http "http://127.0.0.1:$TG_PORT/metrics" "$TG_PID" tollgate
+  TG_ADMIN_PORT=$(cat "$state/$name/admin-port")
+  wait_http "http://127.0.0.1:$TG_ADMIN_PORT/readyz" "$TG_PID" tollgate
 }
 stop_tollgate() {
   [ -n "$TG_PID" ] || return 0
-  curl -fsS --max-time 2 "http://127.0.0.1:$TG_PORT/metrics" >"$out/logs/metrics-$1.txt" 2>/dev/null || true
+  curl -fsS --max-time 2 "http://127.0.0.1:$TG_ADMIN_PORT/metrics" >"$out/logs/metrics-$1.txt" 2>/dev/null || true
   stop_pid "$TG_PID"; TG_PID=""
 }
 
@@ -666,7 +669,7 @@ function done(summary, latency, requests)
     summary.requests, summary.duration, summary.errors.status, latency:percentile(50), latency:percentile(99)))
 end
 EOF
-metric() { curl -fsS --max-time 2 "http://127.0.0.1:$TG_PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+metric() { curl -fsS --max-time 2 "http://127.0.0.1:$TG_ADMIN_PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 run_keys_scenarios() {
   local t0 t1 kind m0 m1 f
   # The same two measurements just before the insert, so that the comparison is not skewed by

@@ -5,6 +5,13 @@
 // Postgres stays the authority: the LISTEN/NOTIFY listener erases entries when a key changes,
 // and a generation counter stops a lookup that raced with an invalidation from re-inserting a
 // stale record (put() is ignored if any invalidation happened since the lookup began).
+//
+// Stale-if-error (RFC 5861's idea, for key records): an expired hit is kept `stale_if_error`
+// longer, and find_stale() hands it out only when the Postgres lookup that should have
+// refreshed it failed. Bound: a key is used at most ttl + stale_if_error after Postgres last
+// confirmed it (60 s + 10 min by default), and only while lookups fail. erase(), erase_user()
+// and clear() drop stale entries too, so a revocation NOTIFY, or the listener's reconnect
+// after an outage (which clears everything), ends it at once.
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -50,11 +57,26 @@ class KeyCache {
   using Clock = std::chrono::steady_clock;
   using Record = std::shared_ptr<const KeyRecord>;
 
-  KeyCache(std::size_t capacity, std::chrono::milliseconds ttl,
-           std::chrono::milliseconds negative_ttl);
+  /// Default of `stale_if_error` (config keys.stale_if_error_ms).
+  static constexpr std::chrono::milliseconds default_stale_if_error{600'000};
+  /// While Postgres fails, a key served stale is not looked up again for this long (one
+  /// failing lookup per key and second, not one per request), never past its stale bound.
+  static constexpr std::chrono::milliseconds stale_recheck{1'000};
+
+  /// `capacity` entries in all; `ttl` for keys, `negative_ttl` for "no such key";
+  /// `stale_if_error` how long after `ttl` a key may still be served when lookups fail
+  /// (0 = never).
+  KeyCache(std::size_t capacity, std::chrono::milliseconds ttl, std::chrono::milliseconds negative_ttl,
+           std::chrono::milliseconds stale_if_error = default_stale_if_error);
 
   /// nullopt: not cached (look it up). A null Record: cached "no such key".
   std::optional<Record> find(const std::string& key_hash, Clock::time_point now);
+
+  /// Stale-if-error: call only after the Postgres lookup of `key_hash` failed. The key's
+  /// record if Postgres confirmed it at most ttl + stale_if_error before `now` (and no
+  /// invalidation dropped it since), else null. A record handed out is then found by find()
+  /// for stale_recheck (bounded by the same limit). Never returns a cached "no such key".
+  Record find_stale(const std::string& key_hash, Clock::time_point now);
 
   /// Invalidation generation; read it before a Postgres lookup and pass it to put().
   std::uint64_t generation() const noexcept { return generation_.load(std::memory_order_acquire); }
@@ -70,11 +92,14 @@ class KeyCache {
   void clear();
 
   std::size_t size() const;
+  /// How many times find_stale() handed out a record (for /metrics).
+  std::uint64_t stale_served() const noexcept { return stale_served_.load(std::memory_order_relaxed); }
 
  private:
   struct Entry {
     Record rec;
-    Clock::time_point expires;
+    Clock::time_point expires;      ///< fresh until then
+    Clock::time_point stale_until;  ///< find_stale() may use it until then (= expires if negative)
   };
   struct Shard {
     mutable std::mutex mu;
@@ -87,7 +112,9 @@ class KeyCache {
   std::size_t per_shard_capacity_;
   std::chrono::milliseconds ttl_;
   std::chrono::milliseconds negative_ttl_;
+  std::chrono::milliseconds stale_if_error_;
   std::atomic<std::uint64_t> generation_{0};
+  std::atomic<std::uint64_t> stale_served_{0};
 };
 
 }  // namespace tollgate::keys

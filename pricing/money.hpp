@@ -18,6 +18,15 @@ using Picos = std::int64_t;   ///< 1e-12 USD
 
 inline constexpr Picos picos_per_micro = 1'000'000;
 
+/// The most one request can cost or be charged: USD 1,000,000 (no real request comes near it;
+/// 10^7 tokens at today's dearest prices is ~USD 1,000). Token costs and charges saturate here
+/// instead of at INT64_MAX, so a hostile upstream's usage (10^12 tokens, say) still gives a
+/// charge that every later sum can hold: int64 in C++, Redis' Lua numbers (doubles, exact below
+/// 2^53 ≈ 9·10^15 µUSD) and Postgres' NUMERIC(18,6) columns (below 10^12 USD). Up to this bound
+/// the result equals Postgres' tollgate_price() to the unit.
+inline constexpr Micros max_request_micros = 1'000'000'000'000;
+inline constexpr Picos max_request_picos = max_request_micros * picos_per_micro;  ///< 10^18 < 2^63
+
 /// Parses a decimal USD amount ("0.000015", "-1.5", "1e-5", "2.5E-06") into units of
 /// 10^-scale USD, rounding any finer digits UP (toward +infinity). nullopt on bad syntax or
 /// overflow. Accepts what JSON numbers and Postgres NUMERIC text produce.

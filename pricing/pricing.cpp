@@ -46,25 +46,28 @@ const PricingRule* PricingSnapshot::rule_for(std::string_view model) const {
 
 Picos PricingSnapshot::token_cost(const ModelPrice& p, std::int64_t prompt_tokens,
                                   std::int64_t completion_tokens) {
-  __int128 c = static_cast<__int128>(std::max<std::int64_t>(prompt_tokens, 0)) * p.prompt_per_token +
-               static_cast<__int128>(std::max<std::int64_t>(completion_tokens, 0)) * p.completion_per_token;
-  return c > std::numeric_limits<Picos>::max() ? std::numeric_limits<Picos>::max()
-                                               : static_cast<Picos>(c);
+  // Each product is below 2^63 · 2^63 = 2^126 and so is their sum: no 128-bit overflow.
+  auto part = [](std::int64_t tokens, Picos price) {
+    return static_cast<__int128>(std::max<std::int64_t>(tokens, 0)) * std::max<Picos>(price, 0);
+  };
+  __int128 c = part(prompt_tokens, p.prompt_per_token) + part(completion_tokens, p.completion_per_token);
+  return c > max_request_picos ? max_request_picos : static_cast<Picos>(c);
 }
 
 Charge PricingSnapshot::charge(std::string_view model, Picos upstream_cost) const {
+  upstream_cost = std::clamp<Picos>(upstream_cost, 0, max_request_picos);
   Charge out;
-  out.cost = picos_to_micros_ceil(upstream_cost);
+  out.cost = picos_to_micros_ceil(upstream_cost);  // ≤ max_request_micros
   const PricingRule* rule = rule_for(model);
   std::int64_t markup = rule ? rule->markup_centipercent : 0;
   // cost × (1 + markup/100) = cost × (10000 + markup_centipercent) / 10000, then ceil to micros.
-  __int128 num = static_cast<__int128>(upstream_cost) * (10000 + markup);
+  // |num| < 10^18 · 2^63 < 2^123: no 128-bit overflow; a factor below 0 (markup < -100 %) gives 0.
+  __int128 num = static_cast<__int128>(upstream_cost) * std::max<__int128>(10000 + static_cast<__int128>(markup), 0);
   __int128 den = static_cast<__int128>(10000) * picos_per_micro;
   __int128 q = num / den;
   if (num % den > 0) ++q;
-  Micros marked = q > std::numeric_limits<Micros>::max() ? std::numeric_limits<Micros>::max()
-                                                          : static_cast<Micros>(q);
-  out.charge = std::max(marked, rule ? rule->min_cost : Micros{0});
+  Micros marked = q > max_request_micros ? max_request_micros : static_cast<Micros>(q);
+  out.charge = std::clamp<Micros>(std::max(marked, rule ? rule->min_cost : Micros{0}), 0, max_request_micros);
   return out;
 }
 

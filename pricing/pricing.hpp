@@ -54,10 +54,14 @@ class PricingSnapshot {
   const PricingRule* rule_for(std::string_view model) const;
   const std::unordered_map<std::string, ModelPrice>& prices() const { return prices_; }
 
-  /// Upstream cost in Picos from token counts and the model's prices (exact).
+  /// Upstream cost in Picos from token counts and the model's prices: exact, with negative
+  /// counts (or prices) taken as 0 and the result saturating at max_request_picos. Never
+  /// overflows (128-bit intermediate).
   static Picos token_cost(const ModelPrice& p, std::int64_t prompt_tokens,
                           std::int64_t completion_tokens);
-  /// Applies the rule for `model` to an exact upstream cost.
+  /// Applies the rule for `model` to an exact upstream cost. A negative cost counts as 0; cost
+  /// and charge are in [0, max_request_micros] whatever the cost, markup or minimum (a markup
+  /// below -100 % gives 0, never a negative charge that would credit the account).
   Charge charge(std::string_view model, Picos upstream_cost) const;
 
  private:

@@ -5,6 +5,7 @@
 #include "keys/key_filter.hpp"
 #include "pricing/pricing.hpp"
 #include "proxy/config.hpp"
+#include "proxy/connection_limiter.hpp"
 #include "proxy/lookup_pool.hpp"
 #include "sql/usage_writer.hpp"
 
@@ -28,6 +29,12 @@ struct Metrics {
   std::atomic<std::uint64_t> admission_ok{0}, admission_over_limit{0}, admission_errors{0};
   std::atomic<std::uint64_t> failure_mode_allowed{0};
   std::atomic<std::int64_t> active_requests{0};
+  // Phase 1 (parse & limit) and the connection caps.
+  std::atomic<std::uint64_t> requests_refused{0};      ///< 400/408/413/414/431/501/505 before routing, closed
+  std::atomic<std::uint64_t> header_timeouts{0}, body_timeouts{0};
+  std::atomic<std::uint64_t> shed_overloaded{0};       ///< 503 overloaded: the event loop's queue was full
+  std::atomic<std::uint64_t> connections_refused_total{0}, connections_refused_per_address{0};
+  std::atomic<std::uint64_t> session_failures{0};      ///< connections ended by an exception (logged)
 };
 
 struct App {
@@ -39,6 +46,7 @@ struct App {
   sql::UsageWriter& usage;
   boost::asio::ssl::context& upstream_tls;
   Metrics metrics;
+  ConnectionLimiter connections{cfg.max_connections, cfg.max_connections_per_address};
 };
 
 }  // namespace tollgate

@@ -24,13 +24,13 @@ UpstreamUrl parse_upstream_url(const std::string& text) {
 }
 
 namespace {
-void split_listen(Config& c, const std::string& v) {
+void split_listen(std::string& host, std::uint16_t& port, const std::string& v) {
   auto colon = v.rfind(':');
   if (colon == std::string::npos) throw std::invalid_argument("listen address must be HOST:PORT: " + v);
-  c.listen_host = v.substr(0, colon);
-  int port = std::atoi(v.c_str() + colon + 1);
-  if (port < 0 || port > 65535) throw std::invalid_argument("bad listen port: " + v);
-  c.listen_port = static_cast<std::uint16_t>(port);
+  host = v.substr(0, colon);
+  int p = std::atoi(v.c_str() + colon + 1);
+  if (p < 0 || p > 65535) throw std::invalid_argument("bad listen port: " + v);
+  port = static_cast<std::uint16_t>(p);
 }
 
 template <class T>
@@ -46,12 +46,21 @@ Config Config::load(const std::optional<std::string>& path) {
   Config c;
   if (path) {
     toml::table t = toml::parse_file(*path);
-    std::string listen;
+    std::string listen, admin_listen;
     get(t, "server.listen", listen);
-    if (!listen.empty()) split_listen(c, listen);
+    if (!listen.empty()) split_listen(c.listen_host, c.listen_port, listen);
+    get(t, "server.admin_listen", admin_listen);
+    if (!admin_listen.empty()) split_listen(c.admin_host, c.admin_port, admin_listen);
     get(t, "server.threads", c.threads);
     get(t, "server.max_body_bytes", c.max_body_bytes);
-    get_ms(t, "server.client_idle_timeout_ms", c.client_idle_timeout);
+    get_ms(t, "server.client_idle_timeout_ms", c.keepalive_timeout);  // the name before 0.2
+    get_ms(t, "server.keepalive_timeout_ms", c.keepalive_timeout);
+    get_ms(t, "server.header_timeout_ms", c.header_timeout);
+    get_ms(t, "server.body_idle_timeout_ms", c.body_idle_timeout);
+    get(t, "server.max_requests_per_connection", c.max_requests_per_connection);
+    get(t, "server.max_connections", c.max_connections);
+    get(t, "server.max_connections_per_address", c.max_connections_per_address);
+    get(t, "server.max_queued_requests", c.max_queued_requests);
     get(t, "database.url", c.database_url);
     get(t, "database.lookup_threads", c.lookup_threads);
     get(t, "redis.url", c.redis_url);
@@ -79,11 +88,13 @@ Config Config::load(const std::optional<std::string>& path) {
     get(t, "keys.cache_capacity", c.key_cache_capacity);
     get_ms(t, "keys.cache_ttl_ms", c.key_cache_ttl);
     get_ms(t, "keys.negative_ttl_ms", c.key_cache_negative_ttl);
+    get_ms(t, "keys.stale_if_error_ms", c.key_cache_stale_if_error);
     get(t, "usage.journal_dir", c.journal_dir);
     get(t, "usage.batch_rows", c.usage_batch_rows);
     get_ms(t, "usage.max_delay_ms", c.usage_max_delay);
   }
-  if (const char* v = std::getenv("TOLLGATE_LISTEN")) split_listen(c, v);
+  if (const char* v = std::getenv("TOLLGATE_LISTEN")) split_listen(c.listen_host, c.listen_port, v);
+  if (const char* v = std::getenv("TOLLGATE_ADMIN_LISTEN")) split_listen(c.admin_host, c.admin_port, v);
   if (const char* v = std::getenv("TOLLGATE_DATABASE_URL")) c.database_url = v;
   if (const char* v = std::getenv("TOLLGATE_REDIS_URL")) c.redis_url = v;
   if (const char* v = std::getenv("TOLLGATE_UPSTREAM_URL")) c.upstream_url_text = v;
@@ -101,6 +112,14 @@ Config Config::load(const std::optional<std::string>& path) {
     throw std::invalid_argument("upstream.key must not hold CR, LF or NUL (it goes into an HTTP header)");
   if (c.prompt_bytes_per_token < 1) throw std::invalid_argument("billing.prompt_bytes_per_token must be >= 1");
   if (c.admission.timeout.count() < 1) throw std::invalid_argument("admission.timeout_ms must be >= 1");
+  if (c.key_cache_stale_if_error.count() < 0) throw std::invalid_argument("keys.stale_if_error_ms must be >= 0");
+  for (auto [name, ms] : {std::pair{"server.header_timeout_ms", c.header_timeout},
+                          {"server.body_idle_timeout_ms", c.body_idle_timeout},
+                          {"server.keepalive_timeout_ms", c.keepalive_timeout}})
+    if (ms.count() < 1) throw std::invalid_argument(std::string(name) + " must be >= 1");
+  if (c.max_requests_per_connection < 1) throw std::invalid_argument("server.max_requests_per_connection must be >= 1");
+  if (c.max_connections < 1) throw std::invalid_argument("server.max_connections must be >= 1");
+  if (c.max_queued_requests < 1) throw std::invalid_argument("server.max_queued_requests must be >= 1");
   if (c.default_max_tokens < 1) throw std::invalid_argument("billing.default_max_tokens must be >= 1");
   return c;
 }

@@ -2,8 +2,9 @@
 // tollgate's configuration: a TOML file (deploy/tollgate.example.toml documents every key)
 // overridden by environment variables TOLLGATE_LISTEN, TOLLGATE_DATABASE_URL,
 // TOLLGATE_REDIS_URL, TOLLGATE_UPSTREAM_URL, TOLLGATE_UPSTREAM_KEY, TOLLGATE_JOURNAL_DIR,
-// TOLLGATE_ADMISSION (off | closed | open), TOLLGATE_ADMISSION_TIMEOUT_MS.
+// TOLLGATE_ADMISSION (off | closed | open), TOLLGATE_ADMISSION_TIMEOUT_MS, TOLLGATE_ADMIN_LISTEN.
 // Built once at start and shared read-only.
+#include "keys/key_cache.hpp"
 #include "ratelimit/admission.hpp"
 
 #include <chrono>
@@ -29,9 +30,21 @@ struct Config {
   // [server]
   std::string listen_host = "127.0.0.1";
   std::uint16_t listen_port = 8080;
+  std::string admin_host = "127.0.0.1";             ///< /metrics, /healthz, /readyz
+  std::uint16_t admin_port = 9464;
   int threads = 0;                                  ///< 0 = one per core
   std::uint64_t max_body_bytes = 10ull << 20;       ///< 413 above this
-  std::chrono::milliseconds client_idle_timeout{60'000};
+  /// Total time to receive a request head, from the connection's accept or the request's first
+  /// byte (a 408 and close when part of a head came).
+  std::chrono::milliseconds header_timeout{10'000};
+  std::chrono::milliseconds body_idle_timeout{30'000};    ///< between two reads of a request body
+  std::chrono::milliseconds keepalive_timeout{60'000};    ///< idle between requests on a connection
+  std::uint32_t max_requests_per_connection = 1000; ///< then `Connection: close`
+  std::size_t max_connections = 16384;              ///< per instance; above: 503 and close at accept
+  std::size_t max_connections_per_address = 512;    ///< per client IP; above: closed at accept (0 = no cap)
+  /// Per event loop: requests read but not yet forwarded (authenticating, reading the body,
+  /// waiting for admission). Above it a request is shed at once: 503 `overloaded`.
+  std::size_t max_queued_requests = 1024;
   // [database]
   std::string database_url = "postgresql://tollgate@127.0.0.1:5432/tollgate";
   int lookup_threads = 4;                           ///< blocking Postgres lookups (cache misses)
@@ -55,6 +68,7 @@ struct Config {
   std::size_t key_cache_capacity = 1'000'000;
   std::chrono::milliseconds key_cache_ttl{60'000};
   std::chrono::milliseconds key_cache_negative_ttl{5'000};
+  std::chrono::milliseconds key_cache_stale_if_error{keys::KeyCache::default_stale_if_error};
   // [usage]
   std::string journal_dir = ".run/journal";
   std::size_t usage_batch_rows = 5000;

@@ -56,13 +56,15 @@ void load_key_filter(sql::PgConn& db, keys::KeyFilter& filter) {
                std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count());
 }
 
-int serve(const Config& cfg, const std::optional<std::string>& port_file) {
+int serve(const Config& cfg, const std::optional<std::string>& port_file,
+          const std::optional<std::string>& admin_port_file) {
   {
     sql::PgConn db(cfg.database_url);  // fail fast with a clear message if Postgres is down
     if (db.exec("SELECT 1 FROM pg_tables WHERE tablename = 'schema_migrations'").rows() == 0)
       throw std::runtime_error("the database has no tollgate schema: run `tollgate migrate` first");
   }
-  keys::KeyCache key_cache(cfg.key_cache_capacity, cfg.key_cache_ttl, cfg.key_cache_negative_ttl);
+  keys::KeyCache key_cache(cfg.key_cache_capacity, cfg.key_cache_ttl, cfg.key_cache_negative_ttl,
+                           cfg.key_cache_stale_if_error);
   keys::KeyFilter key_filter;
   std::atomic<pricing::PricingSnapshotPtr> pricing;
   // Blocking Redis clients for the two threads that keep Redis' balance cache in step with
@@ -126,8 +128,10 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file) {
     server.stop();
   });
 
-  spdlog::info("tollgate listening on {}:{} → upstream {}://{}:{}{}", cfg.listen_host, server.port(),
-               cfg.upstream.tls ? "https" : "http", cfg.upstream.host, cfg.upstream.port, cfg.upstream.base_path);
+  spdlog::info("tollgate listening on {}:{} → upstream {}://{}:{}{}; admin on {}:{}", cfg.listen_host, server.port(),
+               cfg.upstream.tls ? "https" : "http", cfg.upstream.host, cfg.upstream.port, cfg.upstream.base_path,
+               cfg.admin_host, server.admin_port());
+  if (admin_port_file) std::ofstream(*admin_port_file) << server.admin_port() << "\n";
   if (port_file) std::ofstream(*port_file) << server.port() << "\n";
   server.run();
 
@@ -152,6 +156,8 @@ int main(int argc, char** argv) {
   auto* serve_cmd = cli.add_subcommand("serve", "Run the proxy");
   std::optional<std::string> port_file;
   serve_cmd->add_option("--port-file", port_file, "Write the bound port here once listening");
+  std::optional<std::string> admin_port_file;
+  serve_cmd->add_option("--admin-port-file", admin_port_file, "Write the admin listener's bound port here");
 
   auto* migrate_cmd = cli.add_subcommand("migrate", "Apply sql/ migrations (idempotent)");
 
@@ -194,7 +200,7 @@ int main(int argc, char** argv) {
 
   try {
     Config cfg = Config::load(config_path);
-    if (serve_cmd->parsed()) return serve(cfg, port_file);
+    if (serve_cmd->parsed()) return serve(cfg, port_file, admin_port_file);
     sql::PgConn db(cfg.database_url);
     if (migrate_cmd->parsed()) {
       auto applied = sql::migrate(db);

@@ -55,7 +55,8 @@ struct Outcome {
   bool reached_upstream = false;
   int status = 0;
   std::optional<wire::Usage> usage;
-  std::int64_t delivered_chunks = 0;
+  std::int64_t delivered_chunks = 0;  ///< SSE events with output whose bytes all reached the client's socket
+  bool undelivered_output = false;     ///< the client left before an event with output reached it
   bool client_aborted = false;
   bool upstream_aborted = false;
   bool midstream_error = false;

@@ -119,11 +119,12 @@ HeadScan scan_head(std::string_view b, const HttpLimits& limits) {
     return reject(414, "uri_too_long", fmt::format("The request line exceeds {} bytes.", limits.request_line));
   if (r.substr(0, lf - 1).find('\r') != std::string_view::npos)
     return reject(400, "bad_request", "Bare CR in the request line.");
-  // A well-formed HTTP-version other than 1.x (Beast reads only 1.x, as a syntax error): 505.
+  // A well-formed HTTP-version other than 1.0 and 1.1 (Beast 1.81 reads them as a syntax error):
+  // 505. RFC 9110 §2.5 would let 1.2-1.9 be read as 1.1; Beast cannot, and 505 says so honestly.
   std::string_view version = r.substr(0, lf - 1);
   version = version.substr(version.rfind(' ') + 1);
   if (version.size() == 8 && version.substr(0, 5) == "HTTP/" && version[6] == '.' && version[5] >= '0' &&
-      version[5] <= '9' && version[7] >= '0' && version[7] <= '9' && version[5] != '1')
+      version[5] <= '9' && version[7] >= '0' && version[7] <= '9' && (version[5] != '1' || version[7] > '1'))
     return reject(505, "http_version_not_supported", "Only HTTP/1.0 and HTTP/1.1 are supported.");
 
   const std::size_t section = lf + 1;  // where the field lines start
@@ -202,7 +203,7 @@ void RequestParser::on_request_impl(http::verb method, string_view method_str, s
     return refuse(ec, 400, "bad_request", "The request target holds characters RFC 3986 does not allow.");
   header_.method(method);
   header_.target(t);
-  header_.version(version == 10 ? 10 : 11);  // HTTP/1.x above 1.1 is read as 1.1 (RFC 9110 §6.2)
+  header_.version(version);
 }
 
 void RequestParser::on_response_impl(int, string_view, int, error_code& ec) {
@@ -283,6 +284,7 @@ std::size_t RequestParser::on_body_impl(string_view body, error_code&) {
 }
 
 void RequestParser::on_chunk_header_impl(std::uint64_t, string_view extensions, error_code& ec) {
+  ++chunk_headers_;
   if (extensions.size() > limits_.chunk_extensions)
     refuse(ec, 400, "bad_request", fmt::format("Chunk extensions exceed {} bytes.", limits_.chunk_extensions));
 }
@@ -293,6 +295,32 @@ std::size_t RequestParser::on_chunk_body_impl(std::uint64_t, string_view body, e
 }
 
 void RequestParser::on_finish_impl(error_code&) {}
+
+std::size_t RequestParser::put_body(boost::asio::const_buffer bytes, error_code& ec) {
+  eager(false);  // one structured element per call: a chunk header's bytes can be measured
+  const std::size_t headers_before = chunk_headers_;
+  std::size_t used = put(bytes, ec);
+  if (!chunked()) return used;
+  // What a chunk header took: the previous chunk's CRLF, the chunk-size line and, for the last
+  // chunk, the blank line that ends the (empty) trailer section.
+  if (!ec && chunk_headers_ != headers_before && used > limits_.chunk_extensions + 6) {
+    refuse(ec, 400, "bad_request", fmt::format("A chunk-size line exceeds {} bytes.", limits_.chunk_extensions));
+    return used;
+  }
+  if (ec == http::error::need_more) {
+    // Waiting for a chunk-size line (chunk data is taken as it comes): what is pending is that
+    // line, which must not hold a bare LF nor outgrow the limit.
+    std::string_view pending(static_cast<const char*>(bytes.data()) + used, bytes.size() - used);
+    for (std::size_t i = pending.find('\n'); i != std::string_view::npos; i = pending.find('\n', i + 1))
+      if (i == 0 || pending[i - 1] != '\r') {
+        refuse(ec, 400, "bad_request", "Bare LF in the chunked framing.");
+        return used;
+      }
+    if (pending.size() > limits_.chunk_extensions + 6)
+      refuse(ec, 400, "bad_request", fmt::format("A chunk-size line exceeds {} bytes.", limits_.chunk_extensions));
+  }
+  return used;
+}
 
 // ---------------------------------------------------------------------------------------------
 
@@ -312,11 +340,10 @@ ParseResult parse_request_bytes(std::string_view bytes, const HttpLimits& limits
   std::size_t pos = scan.skip;
   pos += p.put(boost::asio::buffer(bytes.data() + pos, scan.size), ec);
   if (ec || !p.is_header_done()) return rejected(p.rejection(ec ? ec : http::error::need_more));
-  p.eager(true);
   while (!p.is_done()) {
     std::size_t left = bytes.size() - pos;
     if (left == 0) return r;
-    std::size_t used = p.put(boost::asio::buffer(bytes.data() + pos, left), ec);
+    std::size_t used = p.put_body(boost::asio::buffer(bytes.data() + pos, left), ec);
     pos += used;
     if (ec == http::error::need_more || (!ec && used == 0)) {
       // What a session's bounded read buffer could not hold either is refused the same way.

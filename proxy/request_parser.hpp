@@ -73,11 +73,15 @@ class RequestParser : public boost::beast::http::basic_parser<true> {
 
   explicit RequestParser(const HttpLimits& limits);
 
-  /// Method, target, version (10 or 11; 1.x > 1 is read as 11) and header fields. Trailer
+  /// Method, target, version (10 or 11) and header fields. Trailer
   /// fields never land here.
   const Header& header() const { return header_; }
   /// The decoded body (Content-Length or chunked), once is_done().
   std::string& body() { return body_; }
+  /// put() for the body, one element at a time, with the checks Beast 1.81 lacks on chunked
+  /// framing: a chunk-size line (extensions included) over the limit, and a bare LF in it, are
+  /// refused (rejection() tells) instead of waiting for more. Call after the header is done.
+  std::size_t put_body(boost::asio::const_buffer bytes, boost::beast::error_code& ec);
   /// True when the request announced a body (chunked, or Content-Length > 0).
   bool has_body() const { return has_body_; }
   /// What to answer after put() (or a read) failed with `ec`: our own checks' rejection, or
@@ -107,7 +111,7 @@ class RequestParser : public boost::beast::http::basic_parser<true> {
   Header header_;
   std::string body_;
   Rejection rejection_;
-  std::size_t fields_ = 0;
+  std::size_t fields_ = 0, chunk_headers_ = 0;
   bool has_host_ = false, has_authorization_ = false, has_content_length_ = false;
   bool has_transfer_encoding_ = false, has_body_ = false;
 };

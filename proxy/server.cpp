@@ -1,12 +1,13 @@
 #include "proxy/server.hpp"
 
+#include "proxy/admin.hpp"
+#include "proxy/connection.hpp"
 #include "proxy/session.hpp"
 #include "proxy/upstream.hpp"
 #include "sql/store.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
@@ -29,6 +30,21 @@ net::awaitable<std::optional<std::pair<pricing::Micros, std::int64_t>>> load_bal
   co_return co_await app.lookups.run(query);
 }
 
+/// Refuses a connection over the instance's cap with a 503 written at once (no coroutine, no
+/// read: a full instance spends nothing more on it), then closes it.
+void refuse_at_accept(tcp::socket& sock) {
+  static constexpr std::string_view busy =
+      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+      "Connection: close\r\nContent-Length: 124\r\n\r\n"
+      R"({"error":{"message":"tollgate is at its connection limit; retry shortly.","type":"service_unavailable","code":"overloaded"}})";
+  static_assert(busy.size() - busy.find("\r\n\r\n") - 4 == 124);
+  beast::error_code ec;
+  sock.non_blocking(true, ec);
+  if (!ec) sock.write_some(net::buffer(busy), ec);  // best effort: a full socket buffer drops it
+  sock.shutdown(tcp::socket::shutdown_both, ec);
+  sock.close(ec);
+}
+
 net::awaitable<void> accept_loop(tcp::acceptor& acceptor, App& app, ThreadContext& tc) {
   for (;;) {
     auto [ec, sock] = co_await acceptor.async_accept(net::as_tuple(net::use_awaitable));
@@ -37,9 +53,39 @@ net::awaitable<void> accept_loop(tcp::acceptor& acceptor, App& app, ThreadContex
       spdlog::warn("accept: {}", ec.message());  // e.g. EMFILE: keep serving the others
       continue;
     }
-    sock.set_option(tcp::no_delay(true));
-    net::co_spawn(acceptor.get_executor(), run_session(beast::tcp_stream(std::move(sock)), app, tc),
-                  net::detached);
+    auto peer = sock.remote_endpoint(ec);
+    if (ec) continue;  // already reset by the peer: the socket closes here
+    ConnectionLimiter::Refusal refusal;
+    auto slot = app.connections.acquire(peer.address(), refusal);
+    if (refusal == ConnectionLimiter::Refusal::per_address) {
+      ++app.metrics.connections_refused_per_address;
+      continue;  // closed at accept: one address must not take every slot
+    }
+    if (refusal == ConnectionLimiter::Refusal::total) {
+      ++app.metrics.connections_refused_total;
+      refuse_at_accept(sock);
+      continue;
+    }
+    sock.set_option(tcp::no_delay(true), ec);  // a failure only costs latency
+    net::co_spawn(acceptor.get_executor(), run_session(beast::tcp_stream(std::move(sock)), app, tc, std::move(slot)),
+                  LogFailure{&app, "connection"});
+  }
+}
+
+/// Runs an event loop until it is stopped. An exception that escapes a handler is logged and
+/// counted, and the loop goes on serving every other connection.
+void run_loop(net::io_context& ioc, App& app) {
+  for (;;) {
+    try {
+      ioc.run();
+      return;
+    } catch (const std::exception& e) {
+      ++app.metrics.session_failures;
+      spdlog::error("event loop: an exception escaped a handler: {}", e.what());
+    } catch (...) {
+      ++app.metrics.session_failures;
+      spdlog::error("event loop: an unknown exception escaped a handler");
+    }
   }
 }
 }  // namespace
@@ -54,6 +100,8 @@ struct Server::Worker {
   std::optional<ratelimit::Admitter> admitter;
   ThreadContext tc;
   std::thread thread;
+
+  std::optional<tcp::acceptor> admin;  ///< the first worker's: /metrics, /healthz, /readyz
 
   Worker(App& app, const tcp::endpoint& ep)
       : pool(ioc.get_executor(), app.cfg, app.upstream_tls), tc{pool, nullptr} {
@@ -80,6 +128,9 @@ Server::Server(App& app) : app_(app) {
   tcp::endpoint ep(net::ip::make_address(cfg.listen_host), cfg.listen_port);
   workers_.push_back(std::make_unique<Worker>(app, ep));
   port_ = workers_.front()->acceptor.local_endpoint().port();
+  auto& first = *workers_.front();
+  first.admin.emplace(first.ioc, tcp::endpoint(net::ip::make_address(cfg.admin_host), cfg.admin_port));
+  admin_port_ = first.admin->local_endpoint().port();
   ep.port(port_);
   for (int i = 1; i < n; ++i) workers_.push_back(std::make_unique<Worker>(app, ep));
 }
@@ -92,13 +143,17 @@ Server::~Server() {
 }
 
 std::uint16_t Server::port() const { return port_; }
+std::uint16_t Server::admin_port() const { return admin_port_; }
 
 void Server::run() {
   for (auto& w : workers_)
-    net::co_spawn(w->ioc, accept_loop(w->acceptor, app_, w->tc), net::detached);
+    net::co_spawn(w->ioc, accept_loop(w->acceptor, app_, w->tc), LogFailure{&app_, "accept loop"});
+  auto& first = *workers_.front();
+  net::co_spawn(first.ioc, admin_accept_loop(*first.admin, app_, first.redis ? &*first.redis : nullptr),
+                LogFailure{&app_, "admin accept loop"});
   for (std::size_t i = 1; i < workers_.size(); ++i)
-    workers_[i]->thread = std::thread([w = workers_[i].get()] { w->ioc.run(); });
-  workers_.front()->ioc.run();
+    workers_[i]->thread = std::thread([w = workers_[i].get(), this] { run_loop(w->ioc, app_); });
+  run_loop(first.ioc, app_);
   for (std::size_t i = 1; i < workers_.size(); ++i)
     if (workers_[i]->thread.joinable()) workers_[i]->thread.join();
 }
@@ -108,6 +163,7 @@ void Server::stop(std::chrono::milliseconds grace) {
     net::post(w->ioc, [w = w.get()] {
       beast::error_code ec;
       w->acceptor.close(ec);  // already closed is fine
+      if (w->admin) w->admin->close(ec);
     });
   }
   auto deadline = std::chrono::steady_clock::now() + grace;

@@ -16,6 +16,8 @@ class Server {
   ~Server();
   /// The bound port (useful with port 0).
   std::uint16_t port() const;
+  /// The admin listener's bound port (server.admin_listen).
+  std::uint16_t admin_port() const;
   /// Serves until stop(); blocks the calling thread (which becomes one of the event loops).
   void run();
   /// Stops accepting, lets in-flight requests finish for up to `grace`, then stops the loops.
@@ -26,7 +28,7 @@ class Server {
   struct Worker;
   App& app_;
   std::vector<std::unique_ptr<Worker>> workers_;
-  std::uint16_t port_ = 0;
+  std::uint16_t port_ = 0, admin_port_ = 0;
 };
 
 }  // namespace tollgate

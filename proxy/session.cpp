@@ -5,7 +5,9 @@
 //   record           — phases 6-8: price the usage, append the usage record
 #include "proxy/session.hpp"
 
+#include "proxy/connection.hpp"
 #include "proxy/forward.hpp"
+#include "proxy/record.hpp"
 #include "proxy/request.hpp"
 
 #include "keys/api_key.hpp"
@@ -24,6 +26,7 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <tuple>
 #include <random>
 
 namespace tollgate {
@@ -32,67 +35,9 @@ using net::awaitable;
 
 namespace {
 
-constexpr std::size_t header_limit = 16 * 1024;
-
 std::int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(
              std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Phases 6-8: price the usage and append the usage record (the writer thread batches it into
-// Postgres). Runs for every request that reached the upstream, whatever happened after.
-/// What settle needs of a recorded request.
-struct Recorded {
-  pricing::Micros charge = 0;
-  std::int64_t tokens = 0;  ///< prompt + completion
-};
-
-std::optional<Recorded> record(App& app, const RequestCtx& ctx, const Outcome& out) {
-  if (!out.reached_upstream) return std::nullopt;
-  if (out.client_aborted) ++app.metrics.client_aborts;  // counted once, whichever write failed
-  sql::UsageRecord r;
-  r.request_id = ctx.request_id;
-  r.user_id = ctx.key->user_id;
-  r.api_key_id = ctx.key->key_id;
-  r.model = ctx.req.model;
-  r.created_at_us = ctx.started_us;
-  std::optional<pricing::Picos> reported_cost;
-  if (out.usage) {
-    r.prompt_tokens = out.usage->prompt_tokens;
-    r.completion_tokens = out.usage->completion_tokens;
-    if (app.cfg.cost_from_upstream && out.usage->cost_usd)
-      reported_cost = pricing::parse_decimal(*out.usage->cost_usd, 12);
-  } else if (out.delivered_chunks > 0) {
-    // The stream ended without a usage chunk (client abort, upstream cut): bill what was
-    // delivered — one token per content chunk, and the prompt at ~4 bytes per token.
-    r.prompt_tokens = static_cast<std::int64_t>((ctx.body.size() + 3) / 4);
-    r.completion_tokens = out.delivered_chunks;
-  }
-  if (out.client_aborted) r.status = "client_aborted";
-  else if (out.upstream_aborted) r.status = "upstream_aborted";
-  else if (out.midstream_error) r.status = "upstream_error";
-  else if (out.status >= 200 && out.status < 300) r.status = "success";
-  else r.status = "upstream_error";
-  if (r.prompt_tokens > 0 || r.completion_tokens > 0 || reported_cost) {
-    pricing::Picos cost = reported_cost ? *reported_cost
-                                        : pricing::PricingSnapshot::token_cost(*ctx.price, r.prompt_tokens,
-                                                                               r.completion_tokens);
-    auto c = ctx.pricing->charge(ctx.req.model, cost);
-    r.cost = c.cost;
-    r.charge = c.charge;
-  }
-  r.request_metadata_json = fmt::format(
-      R"({{"endpoint":"{}","stream":{},"max_tokens":{},"body_bytes":{}}})", ctx.upstream_path,
-      ctx.req.stream, ctx.req.max_tokens ? std::to_string(*ctx.req.max_tokens) : "null", ctx.body.size());
-  r.response_metadata_json = fmt::format(
-      R"({{"status_code":{},"generation_id":{},"finish_reason":{},"delivered_chunks":{},"usage_reported":{},"duration_us":{}}})",
-      out.status, out.generation_id ? boost::json::serialize(boost::json::string(*out.generation_id)) : "null",
-      out.finish_reason ? boost::json::serialize(boost::json::string(*out.finish_reason)) : "null",
-      out.delivered_chunks, out.usage.has_value(), unix_now_us() - ctx.started_us);
-  Recorded done{r.charge, r.prompt_tokens + r.completion_tokens};
-  app.usage.append(std::move(r));
-  return done;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -107,9 +52,39 @@ awaitable<bool> created_just_now(beast::tcp_stream& client, App& app, const std:
   co_return app.key_filter.might_contain(hash);
 }
 
+/// The key record of `hash` from Postgres (null: no such key), and whether the lookup failed;
+/// cached. Misses of one key hash on this event loop share one lookup: a cold key bursting
+/// 1,000 times costs one Postgres round trip, not 1,000.
+awaitable<std::pair<keys::KeyCache::Record, bool>> lookup_key(App& app, ThreadContext& tc, const std::string& hash,
+                                                              keys::KeyCache::Clock::time_point now,
+                                                              const std::string& request_id) {
+  if (auto it = tc.key_lookups.find(hash); it != tc.key_lookups.end()) {
+    auto in_flight = it->second;
+    co_await in_flight->done.async_wait(tuple_awaitable);  // cancelled when the lookup finished
+    co_return std::pair{in_flight->rec, in_flight->failed};
+  }
+  auto l = std::make_shared<KeyLookup>(co_await net::this_coro::executor);
+  tc.key_lookups.emplace(hash, l);
+  ++app.metrics.key_lookups;
+  auto gen = app.key_cache.generation();
+  try {
+    // A named lambda: GCC 12 double-destroys lambda temporaries inside co_await expressions.
+    auto query = [hash](sql::PgConn& db) { return sql::lookup_key(db, hash); };
+    auto found = co_await app.lookups.run(query);
+    if (found) l->rec = std::make_shared<const keys::KeyRecord>(std::move(*found));
+    app.key_cache.put(hash, l->rec, gen, now);
+  } catch (const std::exception& e) {
+    spdlog::error("{}: key lookup failed: {}", request_id, e.what());
+    l->failed = true;
+  }
+  tc.key_lookups.erase(hash);
+  l->done.cancel();
+  co_return std::pair{l->rec, l->failed};
+}
+
 // Phase 2: authenticate. Returns the key record, or nullptr after answering 401/503.
-awaitable<keys::KeyCache::Record> authenticate(beast::tcp_stream& client, App& app, RequestCtx& ctx,
-                                               std::string_view authorization, bool& keep_alive) {
+awaitable<keys::KeyCache::Record> authenticate(beast::tcp_stream& client, App& app, ThreadContext& tc,
+                                               RequestCtx& ctx, std::string_view authorization, bool& keep_alive) {
   auto deny = [&](std::string_view msg) -> awaitable<keys::KeyCache::Record> {
     ++app.metrics.auth_failures;
     keep_alive = co_await reply_error(client, app, ctx, http::status::unauthorized, msg,
@@ -134,20 +109,12 @@ awaitable<keys::KeyCache::Record> authenticate(beast::tcp_stream& client, App& a
     co_return co_await deny("Incorrect API key provided.");
   } else {
     ++app.metrics.key_cache_misses;
-    ++app.metrics.key_lookups;
-    auto gen = app.key_cache.generation();
     bool failed = false;
-    try {
-      // A named lambda: GCC 12 double-destroys lambda temporaries inside co_await expressions.
-      auto query = [hash](sql::PgConn& db) { return sql::lookup_key(db, hash); };
-      auto found = co_await app.lookups.run(query);
-      if (found) rec = std::make_shared<const keys::KeyRecord>(std::move(*found));
-      app.key_cache.put(hash, rec, gen, now);
-    } catch (const std::exception& e) {
-      spdlog::error("{}: key lookup failed: {}", ctx.request_id, e.what());
-      failed = true;
-    }
-    if (failed) {
+    std::tie(rec, failed) = co_await lookup_key(app, tc, hash, now, ctx.request_id);
+    // Stale-if-error: a key Postgres confirmed shortly before it failed keeps working
+    // (bounded by keys.stale_if_error_ms; a revocation NOTIFY or reconnect ends it).
+    if (failed) rec = app.key_cache.find_stale(hash, keys::KeyCache::Clock::now());
+    if (failed && !rec) {
       keep_alive = co_await reply_error(client, app, ctx, http::status::service_unavailable,
                                         "Authentication is temporarily unavailable; retry shortly.",
                                         "service_unavailable", "auth_unavailable", keep_alive);
@@ -160,7 +127,7 @@ awaitable<keys::KeyCache::Record> authenticate(beast::tcp_stream& client, App& a
   co_return rec;
 }
 
-awaitable<bool> list_models(beast::tcp_stream& client, App& app, RequestCtx& ctx) {
+awaitable<bool> list_models(beast::tcp_stream& client, App& app, RequestCtx& ctx, bool keep_alive) {
   auto snap = app.pricing.load();
   std::vector<std::string> ids;
   for (const auto& [id, p] : snap->prices()) ids.push_back(id);
@@ -173,32 +140,7 @@ awaitable<bool> list_models(beast::tcp_stream& client, App& app, RequestCtx& ctx
                    boost::json::serialize(boost::json::string(slash == std::string::npos ? "tollgate" : ids[i].substr(0, slash))));
   }
   body += "]}";
-  co_return co_await reply(client, app, ctx, http::status::ok, std::move(body), ctx.client_keep_alive);
-}
-
-std::string metrics_text(App& app) {
-  auto& m = app.metrics;
-  auto u = app.usage.stats();
-  return fmt::format(
-      "tollgate_requests_total {}\ntollgate_responses_total{{class=\"2xx\"}} {}\n"
-      "tollgate_responses_total{{class=\"4xx\"}} {}\ntollgate_responses_total{{class=\"5xx\"}} {}\n"
-      "tollgate_auth_failures_total {}\ntollgate_insufficient_balance_total {}\n"
-      "tollgate_upstream_errors_total {}\ntollgate_upstream_connect_failures_total {}\n"
-      "tollgate_client_aborts_total {}\ntollgate_streams_total {}\n"
-      "tollgate_key_cache_hits_total {}\ntollgate_key_cache_misses_total {}\n"
-      "tollgate_key_lookups_total {}\ntollgate_key_filter_refusals_total {}\n"
-      "tollgate_admission_total{{result=\"ok\"}} {}\ntollgate_admission_total{{result=\"over_limit\"}} {}\n"
-      "tollgate_admission_total{{result=\"error\"}} {}\ntollgate_admission_total{{result=\"failure_mode_allowed\"}} {}\n"
-      "tollgate_active_requests {}\ntollgate_usage_records_appended_total {}\n"
-      "tollgate_usage_records_committed_total {}\ntollgate_usage_records_queued {}\n"
-      "tollgate_usage_batch_failures_total {}\ntollgate_usage_records_dead_lettered_total {}\n",
-      m.requests.load(), m.responses_2xx.load(), m.responses_4xx.load(), m.responses_5xx.load(),
-      m.auth_failures.load(), m.insufficient_balance.load(), m.upstream_errors.load(),
-      m.upstream_connect_failures.load(), m.client_aborts.load(), m.streams.load(),
-      m.key_cache_hits.load(), m.key_cache_misses.load(), m.key_lookups.load(), m.key_filter_refusals.load(),
-      m.admission_ok.load(), m.admission_over_limit.load(),
-      m.admission_errors.load(), m.failure_mode_allowed.load(), m.active_requests.load(), u.appended,
-      u.committed, u.queued, u.failures, u.dead_lettered);
+  co_return co_await reply(client, app, ctx, http::status::ok, std::move(body), keep_alive);
 }
 
 /// OpenAI's x-ratelimit-* trio for the tightest request window and the tightest token window.
@@ -311,31 +253,41 @@ struct ActiveGuard {
   ~ActiveGuard() { --m.active_requests; }
 };
 
-/// Routing and phases 2-4, then forward and record. Returns whether to keep the connection.
-awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& buf,
-                               http::request_parser<http::empty_body>& hp, App& app, ThreadContext& tc) {
+/// Counts a request in its event loop's queue (read, not yet forwarded or answered).
+struct QueuedGuard {
+  std::size_t* n;
+  explicit QueuedGuard(std::size_t& q) : n(&q) { ++*n; }
+  void release() {
+    if (n) --*std::exchange(n, nullptr);
+  }
+  ~QueuedGuard() { release(); }
+};
+
+/// Routing and phases 2-4, then forward and record. `last`: the connection's final request
+/// (max_requests_per_connection). Returns whether to keep the connection.
+awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& buf, RequestParser& parser,
+                               App& app, ThreadContext& tc, bool last) {
   ActiveGuard active(app.metrics);
   ++app.metrics.requests;
   RequestCtx ctx;
-  auto& h = hp.get();
+  const auto& h = parser.header();
+  ctx.client_keep_alive = parser.keep_alive() && !last;
   // A body we do not read leaves the connection mid-message: close it after answering.
-  bool keep_alive = h.keep_alive() && hp.is_done();
-  ctx.client_keep_alive = h.keep_alive();
+  bool keep_alive = ctx.client_keep_alive && !parser.has_body();
   std::string_view target(h.target().data(), h.target().size());
   target = target.substr(0, target.find('?'));
   if (target.size() > 1 && target.back() == '/') target.remove_suffix(1);
 
-  if (target == "/healthz" && h.method() == http::verb::get)
-    co_return co_await reply(client, app, ctx, http::status::ok, R"({"status":"ok"})", keep_alive);
-  if (target == "/metrics" && h.method() == http::verb::get) {
-    http::response<http::string_body> res{http::status::ok, 11};
-    res.set(http::field::content_type, "text/plain; version=0.0.4");
-    res.keep_alive(keep_alive);
-    res.body() = metrics_text(app);
-    res.prepare_payload();
-    auto [ec, n] = co_await http::async_write(client, res, tuple_awaitable);
-    co_return !ec && keep_alive;
+  // Shed before doing any work when this event loop is saturated: an honest 503, not a
+  // Redis deadline missed while the request waited in our own queue.
+  if (tc.queued >= app.cfg.max_queued_requests) {
+    ++app.metrics.shed_overloaded;
+    ctx.headers.emplace_back("retry-after", "1");
+    co_return co_await reply_error(client, app, ctx, http::status::service_unavailable,
+                                   "tollgate is overloaded; retry shortly.", "service_unavailable", "overloaded",
+                                   keep_alive);
   }
+  QueuedGuard queued(tc.queued);
 
   bool is_post = true;
   if (target == "/v1/chat/completions") ctx.endpoint = wire::Endpoint::chat_completions, ctx.upstream_path = "/chat/completions";
@@ -353,10 +305,10 @@ awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& bu
                                    "invalid_request_error", "method_not_allowed", keep_alive);
 
   // Phase 2: authenticate (before reading any body).
-  ctx.key = co_await authenticate(client, app, ctx, h[http::field::authorization], keep_alive);
+  ctx.key = co_await authenticate(client, app, tc, ctx, h[http::field::authorization], keep_alive);
   if (!ctx.key) co_return keep_alive;
   ctx.pricing = app.pricing.load();
-  if (!is_post) co_return co_await list_models(client, app, ctx);
+  if (!is_post) co_return co_await list_models(client, app, ctx, keep_alive);
 
   // Phase 3: read and parse the body.
   ctx.client_accept = std::string(h[http::field::accept]);
@@ -365,21 +317,20 @@ awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& bu
     auto [cont_ec, cont_n] = co_await net::async_write(client, net::buffer(cont), tuple_awaitable);
     if (cont_ec) co_return false;
   }
-  http::request_parser<http::string_body> bp{std::move(hp)};
-  bp.body_limit(app.cfg.max_body_bytes);
-  client.expires_after(app.cfg.client_idle_timeout);
-  auto [read_ec, read_n] = co_await http::async_read(client, buf, bp, tuple_awaitable);
-  if (read_ec) {
-    if (read_ec == http::error::body_limit) {
-      co_await reply_error(client, app, ctx, http::status::payload_too_large,
-                           fmt::format("The request body exceeds {} bytes.", app.cfg.max_body_bytes),
-                           "invalid_request_error", "request_too_large", false);
-      co_await drain_and_close(client);
-      co_return false;
-    }
-    co_return false;  // client went away or sent a malformed body: nothing to answer
+  auto body = co_await read_body(client, buf, parser, app.cfg);
+  if (body.state == HeadRead::State::rejected) {
+    co_await refuse_and_close(client, app, ctx, body.rejection);
+    co_return false;
   }
-  ctx.body = std::move(bp.get().body());
+  if (body.state == HeadRead::State::timed_out) {
+    ++app.metrics.body_timeouts;
+    // Named, not a temporary inside the co_await: GCC 12 may destroy such temporaries twice.
+    const Rejection late{408, "request_timeout", "The request body did not arrive in time."};
+    co_await refuse_and_close(client, app, ctx, late);
+    co_return false;
+  }
+  if (body.state != HeadRead::State::ok) co_return false;  // the client went away
+  ctx.body = std::move(parser.body());
   wire::RequestError perr;
   auto parsed = wire::parse_request(ctx.body, perr);
   if (!parsed)
@@ -400,6 +351,7 @@ awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& bu
   // always follow once the upstream was reached, and the hold is always settled.
   bool keep = ctx.client_keep_alive;
   if (!co_await admit(client, app, tc, ctx, keep)) co_return keep;
+  queued.release();  // forwarding: the request has left this event loop's queue
   Outcome out;
   try {
     keep = co_await forward(client, app, tc.upstream, ctx, out);
@@ -429,39 +381,31 @@ awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& bu
 
 }  // namespace
 
-awaitable<void> run_session(beast::tcp_stream client, App& app, ThreadContext& tc) {
-  beast::flat_buffer buf;
-  for (;;) {
-    // Phase 1: parse & limit. Beast's parser rejects malformed framing (conflicting
-    // Content-Length / Transfer-Encoding: request smuggling) with an error.
-    http::request_parser<http::empty_body> hp;
-    hp.header_limit(header_limit);
-    hp.body_limit(app.cfg.max_body_bytes);
-    client.expires_after(app.cfg.client_idle_timeout);
-    auto [ec, n] = co_await http::async_read_header(client, buf, hp, tuple_awaitable);
-    if (ec) {
-      if (ec == http::error::body_limit) {
-        RequestCtx ctx;
-        co_await reply_error(client, app, ctx, http::status::payload_too_large,
-                             fmt::format("The request body exceeds {} bytes.", app.cfg.max_body_bytes),
-                             "invalid_request_error", "request_too_large", false);
-        co_await drain_and_close(client);
-      } else if (ec.category() == beast::error_code(http::error::end_of_stream).category() &&
-                 ec != http::error::end_of_stream && ec != http::error::partial_message) {
-        RequestCtx ctx;
-        co_await reply_error(client, app, ctx, http::status::bad_request, "Malformed HTTP request.",
-                             "invalid_request_error", "bad_request", false);
-      }
-      break;  // end of stream, timeout or reset: nothing more to say
+awaitable<void> run_session(beast::tcp_stream client, App& app, ThreadContext& tc, ConnectionLimiter::Slot slot) {
+  // Phase 1: parse & limit. One read buffer per connection, bounded (a complete head fits);
+  // one strict parser per request.
+  beast::flat_buffer buf(http_limits(app.cfg).read_buffer());
+  std::optional<std::chrono::steady_clock::time_point> head_deadline =
+      std::chrono::steady_clock::now() + app.cfg.header_timeout;
+  // Named, not temporaries inside co_await expressions: GCC 12 may destroy those twice.
+  const RequestCtx no_request;
+  const Rejection head_late{408, "request_timeout", "The request head did not arrive in time."};
+  for (std::uint32_t served = 0; served < app.cfg.max_requests_per_connection; ++served) {
+    RequestParser parser(http_limits(app.cfg));
+    HeadRead head = co_await read_head(client, buf, parser, app.cfg, std::exchange(head_deadline, std::nullopt));
+    if (head.state == HeadRead::State::rejected) {
+      co_await refuse_and_close(client, app, no_request, head.rejection);
+      co_return;
     }
-    bool keep = false;
-    try {
-      keep = co_await handle_request(client, buf, hp, app, tc);
-    } catch (const std::exception& e) {
-      spdlog::error("request failed: {}", e.what());
-      break;
+    if (head.state == HeadRead::State::timed_out) {
+      if (!head.partial) break;  // idle: closed quietly, as nginx does
+      ++app.metrics.header_timeouts;
+      co_await refuse_and_close(client, app, no_request, head_late);
+      co_return;
     }
-    if (!keep) break;
+    if (head.state != HeadRead::State::ok) break;  // end of stream or reset: nothing to answer
+    bool last = served + 1 == app.cfg.max_requests_per_connection;
+    if (!co_await handle_request(client, buf, parser, app, tc, last)) break;
   }
   beast::error_code ec;
   client.socket().shutdown(net::ip::tcp::socket::shutdown_send, ec);  // peer may already be gone

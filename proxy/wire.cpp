@@ -1,9 +1,12 @@
 #include "proxy/wire.hpp"
 
+#include "pricing/money.hpp"
+
 #include <boost/json.hpp>
 #include <fmt/format.h>
 #include <simdjson.h>
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -50,6 +53,38 @@ bool is_json_number(std::string_view s) noexcept {
 
 std::string json_escape(std::string_view s) {
   return boost::json::serialize(boost::json::string_view(s.data(), s.size()));
+}
+
+/// The text of a number value (ondemand's raw token, trailing whitespace removed), or empty
+/// when `v` is not one. Does not consume `v`.
+std::string_view number_text(od::value& v) {
+  od::json_type t;
+  if (v.type().get(t) != simdjson::SUCCESS || t != od::json_type::number) return {};
+  std::string_view raw = v.raw_json_token();
+  while (!raw.empty() && (raw.back() == ' ' || raw.back() == '\n' || raw.back() == '\r' || raw.back() == '\t'))
+    raw.remove_suffix(1);
+  return is_json_number(raw) ? raw : std::string_view{};
+}
+
+/// A usage token count as billing takes it (see Usage): clamped to [0, Usage::max_tokens],
+/// fractions and exponents rounded up; nullopt when `v` is not a number.
+std::optional<std::int64_t> usage_tokens(od::value& v) {
+  std::int64_t n;
+  if (v.get_int64().get(n) == simdjson::SUCCESS) return std::clamp<std::int64_t>(n, 0, Usage::max_tokens);
+  std::string_view raw = number_text(v);  // 12.5, 1e3, a 30-digit integer, -1e30
+  if (raw.empty()) return std::nullopt;
+  if (raw.front() == '-') return 0;
+  auto up = pricing::parse_decimal(raw, 0);  // exact, rounds up; nullopt only beyond int64
+  return up ? std::min<std::int64_t>(*up, Usage::max_tokens) : Usage::max_tokens;
+}
+
+/// `usage.cost` (USD) if it is a number in [0, max_request_picos] once read as Picos.
+std::optional<std::string> usage_cost(od::value& v) {
+  std::string_view raw = number_text(v);
+  if (raw.empty() || raw.front() == '-') return std::nullopt;
+  auto picos = pricing::parse_decimal(raw, 12);
+  if (!picos || *picos > pricing::max_request_picos) return std::nullopt;
+  return std::string(raw);
 }
 
 }  // namespace
@@ -207,21 +242,11 @@ std::optional<ChunkInfo> inspect_json(std::string_view json) {
         od::value uv;
         if (uf.value().get(uv) != simdjson::SUCCESS) break;
         if (uk == "prompt_tokens") {
-          std::int64_t n;
-          usage.prompt_tokens = uv.get_int64().get(n) == simdjson::SUCCESS ? n : 0;
+          usage.prompt_tokens = usage_tokens(uv).value_or(0);  // of repeated keys the last counts
         } else if (uk == "completion_tokens") {
-          std::int64_t n;
-          usage.completion_tokens = uv.get_int64().get(n) == simdjson::SUCCESS ? n : 0;
+          usage.completion_tokens = usage_tokens(uv).value_or(0);
         } else if (uk == "cost") {
-          std::string_view raw;
-          if (uv.type().value_unsafe() == od::json_type::number) {
-            raw = uv.raw_json_token();
-            while (!raw.empty() && (raw.back() == ' ' || raw.back() == '\n' || raw.back() == '\r' || raw.back() == '\t'))
-              raw.remove_suffix(1);
-          }
-          // On-demand only looks at the first character: "1e:400" or "12abc" are no cost.
-          if (is_json_number(raw)) usage.cost_usd = std::string(raw);
-          else usage.cost_usd.reset();
+          usage.cost_usd = usage_cost(uv);
         }
       }
       info.usage = usage;

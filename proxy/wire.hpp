@@ -39,10 +39,22 @@ std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err)
 std::string upstream_body(std::string_view body, Endpoint ep, const ParsedRequest& req,
                           std::int64_t default_max_tokens);
 
-/// OpenAI/OpenRouter `usage` object (OpenRouter adds `cost`, USD).
+/// OpenAI/OpenRouter `usage` object (OpenRouter adds `cost`, USD), as billing takes it. An
+/// upstream may send anything here, so inspect_json reads it defensively:
+///  - a token count that is a JSON integer in [0, max_tokens] is taken as is; a number with a
+///    fraction or exponent is rounded up (12.5 → 13, 1e3 → 1000: the upstream said at least
+///    that much); a negative one counts 0 (nothing to bill for that part); one above max_tokens
+///    (10^12, a 30-digit number) counts max_tokens; anything not a number counts as absent (0).
+///    max_tokens is 10^9: 100× the largest context window sold today, and prompt + completion
+///    still fits usage_logs' int4 `total_tokens`. The charge then saturates as pricing/money.hpp
+///    says (capping it at the request's hold is a separate rule).
+///  - `cost` is kept only when it is a JSON number in [0, max_request_picos] (USD 1,000,000);
+///    a negative, non-numeric or larger one (a 30-digit `cost`) is not believed, and the request
+///    is priced from its token counts, as with billing.cost_source = "prices".
 struct Usage {
-  std::int64_t prompt_tokens = 0;
-  std::int64_t completion_tokens = 0;
+  static constexpr std::int64_t max_tokens = 1'000'000'000;
+  std::int64_t prompt_tokens = 0;      ///< in [0, max_tokens]
+  std::int64_t completion_tokens = 0;  ///< in [0, max_tokens]
   std::optional<std::string> cost_usd;  ///< the number's JSON text, exact (parse_decimal it)
 };
 
@@ -124,5 +136,30 @@ std::string event_data(std::string_view event);
 
 /// OpenAI error envelope: {"error":{"message":…,"type":…,"param":null,"code":…}}.
 std::string error_body(std::string_view message, std::string_view type, std::string_view code);
+
+/// OpenAI-style `error.type` for an HTTP status, as tollgate names them: 400 (and any other 4xx)
+/// invalid_request_error, 401 authentication_error, 402 insufficient_quota, 403
+/// permission_denied, 404 not_found_error, 429 rate_limit_error; 5xx and anything else
+/// upstream_error (the type of tollgate's own 502/504: the fault is upstream of the gateway).
+std::string_view error_type_for_status(int status) noexcept;
+
+/// An upstream's non-2xx response body in OpenAI's envelope
+/// {"error":{"message","type","param","code"[,"metadata"]}} (reference/WIRE.md). Reads
+/// OpenRouter's {"error":{"code":int,"message","metadata"}}, OpenAI's own envelope (kept as it
+/// is), {"error":"text"} and {"message"|"detail":"text"}: the upstream's message, `type` (else
+/// error_type_for_status), `param`, `code` (else the status, as OpenRouter's equals it) and
+/// `metadata` are kept; everything else (top-level fields such as OpenRouter's `user_id`) is
+/// dropped. An empty or non-JSON body (a load balancer's HTML page) gets a message saying so.
+/// Never leaks: every occurrence of `upstream_key` (the operator's key) becomes "[redacted]" and
+/// every member whose name contains "cost" is removed, at any depth.
+std::string upstream_error_body(int status, std::string_view body, std::string_view content_type,
+                                std::string_view upstream_key);
+
+/// A mid-stream error event's data (OpenRouter: a chunk with a top-level `"error":{"code",
+/// "message"[,"metadata"]}` and finish_reason "error") with its `error` member rewritten as
+/// upstream_error_body's inner object (type from `code` when it is an HTTP status, else
+/// upstream_error), redacted and with cost members removed alike; the rest of the chunk is kept.
+/// nullopt when `data` is not a JSON object with a non-null `error`.
+std::optional<std::string> upstream_error_event(std::string_view data, std::string_view upstream_key);
 
 }  // namespace tollgate::wire

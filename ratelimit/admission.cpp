@@ -1,4 +1,5 @@
 #include "ratelimit/admission.hpp"
+#include "ratelimit/admission_detail.hpp"
 
 #include <fmt/format.h>
 #include <openssl/sha.h>
@@ -6,11 +7,14 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/error.hpp>
 
 #include <algorithm>
 #include <chrono>
 
 namespace tollgate::ratelimit {
+
+using detail::now_ms;
 
 // Defined in the generated scripts_embedded.cpp (ratelimit/scripts/*.lua).
 extern const char* const embedded_admit_lua;
@@ -18,11 +22,6 @@ extern const char* const embedded_settle_lua;
 extern const char* const embedded_sync_lua;
 
 namespace {
-
-std::int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch()).count();
-}
 
 struct Script {
   std::string source, sha;
@@ -39,12 +38,14 @@ const Script& script(int id) {
   return scripts[id];
 }
 
-std::int64_t as_int(const RedisReply& r) {
-  if (r.type == RedisReply::Type::integer) return r.integer;
-  return 0;
+}  // namespace
+
+std::int64_t detail::now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-}  // namespace
+std::int64_t detail::as_int(const RedisReply& r) { return r.type == RedisReply::Type::integer ? r.integer : 0; }
 
 const std::string& script_source(int id) { return script(id).source; }
 const std::string& script_sha(int id) { return script(id).sha; }
@@ -107,74 +108,16 @@ boost::asio::awaitable<std::pair<boost::system::error_code, RedisReply>> Admitte
   co_return res;
 }
 
-boost::asio::awaitable<Admission> Admitter::admit(const keys::KeyRecord& key, const std::string& request_id,
-                                                  pricing::Micros hold, std::int64_t token_estimate) {
-  Admission a;
-  a.token_estimate = token_estimate;
-  a.windows = windows_for(key, token_estimate);
-  AccountKeys ak(key.user_id);
-  std::vector<std::string> keys{ak.balance, ak.holds, ak.hold_amounts};
-  std::vector<std::string> args{"", request_id, std::to_string(hold), std::to_string(cfg_.hold_ttl.count()),
-                                std::to_string(key.overdraft_micros), std::to_string(a.windows.size())};
-  for (const auto& w : a.windows) {
-    keys.push_back(w.key);
-    args.push_back(std::to_string(w.limit));
-    args.push_back(std::to_string(w.window_ms));
-    args.push_back(std::to_string(cfg_.buckets));
-    args.push_back(std::to_string(w.cost));
-  }
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    args[0] = std::to_string(now_ms());
-    auto [ec, reply] = co_await eval(script_admit, keys, args);
-    if (ec || reply.type != RedisReply::Type::array || reply.elements.size() != 3 + 3 * a.windows.size()) {
-      if (!ec) spdlog::error("admission script: unexpected reply {}", reply.str);
-      a.verdict = Verdict::unavailable;
-      co_return a;
-    }
-    const auto& e = reply.elements;
-    for (std::size_t i = 0; i < a.windows.size(); ++i) {
-      a.windows[i].remaining = as_int(e[3 + 3 * i]);
-      a.windows[i].reset_ms = as_int(e[4 + 3 * i]);
-      a.windows[i].bucket = as_int(e[5 + 3 * i]);
-    }
-    switch (as_int(e[0])) {
-      case 0:
-        a.verdict = Verdict::admitted;
-        a.available = as_int(e[1]);
-        co_return a;
-      case 1:
-        a.verdict = Verdict::rate_limited;
-        a.limited = static_cast<int>(as_int(e[1])) - 1;
-        a.retry_after_ms = as_int(e[2]);
-        co_return a;
-      case 2:
-        a.verdict = Verdict::insufficient_balance;
-        a.available = as_int(e[1]);
-        co_return a;
-      default:
-        break;  // 3: the balance is not cached yet
-    }
-    if (attempt == 1) break;
-    std::optional<std::pair<pricing::Micros, std::int64_t>> bal;
-    try {
-      bal = co_await load_balance_(key.user_id);
-    } catch (const std::exception& ex) {
-      spdlog::error("admission: loading the balance failed: {}", ex.what());
-      break;
-    }
-    if (!bal) {
-      a.verdict = Verdict::insufficient_balance;
-      co_return a;
-    }
-    // Named vectors: GCC 12 mishandles braced temporaries inside co_await expressions.
-    std::vector<std::string> sync_keys{ak.balance, ak.pending, ak.committed};
-    std::vector<std::string> sync_args{std::to_string(bal->first), std::to_string(bal->second),
-                                       std::to_string(now_ms())};
-    auto [sec, sreply] = co_await eval(script_sync, sync_keys, sync_args);
-    if (sec || sreply.is_error()) break;
-  }
-  a.verdict = Verdict::unavailable;
-  co_return a;
+void Admitter::release_unanswered(const std::string& account, const std::string& request_id,
+                                  std::int64_t sent_ms, const Admission& a) {
+  Settlement s;
+  s.account = account;
+  s.request_id = request_id;
+  s.windows = a.windows;
+  for (auto& w : s.windows) w.bucket = sent_ms / std::max<std::int64_t>(1, w.window_ms / cfg_.buckets);  // as admit.lua
+  s.token_estimate = a.token_estimate;  // a hold that exists gets its token windows back
+  s.release_only = true;
+  settle(std::move(s));
 }
 
 void Admitter::settle(Settlement s) {
@@ -218,6 +161,8 @@ void Admitter::flush_settles() {
 
 boost::asio::awaitable<void> Admitter::settle_batch(std::vector<Settlement> batch) {
   const std::size_t n = batch.size();
+  const auto counted = static_cast<std::size_t>(
+      std::count_if(batch.begin(), batch.end(), [](const Settlement& s) { return !s.release_only; }));
   try {
     AccountKeys ak(batch.front().account);
     std::vector<std::string> keys{ak.balance, ak.holds, ak.hold_amounts, ak.pending, ak.committed};
@@ -258,7 +203,7 @@ boost::asio::awaitable<void> Admitter::settle_batch(std::vector<Settlement> batc
   }
   settling_ -= n;
   --batches_in_flight_;
-  if (on_settled_) on_settled_(n);
+  if (on_settled_ && counted > 0) on_settled_(counted);
   if (batches_in_flight_ == 0 && !queued_.empty() && !timer_armed_) {
     if (queued_.size() >= settle_batch_max)
       flush_settles();

@@ -34,8 +34,10 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace tollgate::ratelimit {
@@ -90,6 +92,9 @@ struct Settlement {
   std::vector<Window> windows;      ///< from its Admission; token windows are corrected
   std::int64_t actual_tokens = 0;   ///< prompt + completion tokens the upstream reported
   std::int64_t token_estimate = 0;  ///< what admission counted
+  /// Queued by admit() itself for an admission Redis did not answer in time (not counted by
+  /// SettledFn): releases the hold in case the script did run.
+  bool release_only = false;
 };
 
 /// Called on the event loop after `n` queued settles got their answer (or failed: their holds
@@ -115,7 +120,23 @@ class Admitter {
 
   /// One round trip (two plus a Postgres read when the account's balance is not cached yet).
   /// `hold` in credit units; `token_estimate` in tokens. Never throws for Redis trouble:
-  /// returns Verdict::unavailable within the configured timeout instead.
+  /// returns Verdict::unavailable when Redis did not answer a round trip within the configured
+  /// timeout (counted from when the command was written, see RedisConnection::command).
+  /// The admissions of one account that are ready in the same event-loop turn go to Redis as one
+  /// admit.lua call (up to `admit_batch_max`), which decides them in the order they were made
+  /// exactly as one call each would: under a burst Redis runs one script per account and turn,
+  /// not one per request. (The first of a turn yields once to let the others queue.) Requests
+  /// that find the account's balance uncached share one Postgres read and one sync.lua call per
+  /// Admitter, then run admit.lua again.
+  /// A request window (not a token window) Redis reported full is refused here, without Redis,
+  /// until the time Redis gave for its oldest bucket to leave (the Retry-After), unless its limit
+  /// changed meanwhile: until then a request window only grows, so Redis would refuse too. Such
+  /// a refusal carries the remaining counts and resets Redis last reported for the request's
+  /// windows (a request with a window Redis did not report goes to Redis). So a flood on a key
+  /// that is over its limit costs Redis one script call per event loop and Retry-After.
+  /// An admission whose script was sent but not answered in time (Redis slow, or this event
+  /// loop too late to read the answer) may still have placed its hold: a settle with no charge
+  /// follows it on the same connection and releases it, instead of leaving it for `hold_ttl`.
   boost::asio::awaitable<Admission> admit(const keys::KeyRecord& key, const std::string& request_id,
                                           pricing::Micros hold, std::int64_t token_estimate);
 
@@ -134,15 +155,51 @@ class Admitter {
   std::size_t settles_pending() const { return queued_.size() + settling_; }
 
   static constexpr std::size_t settle_batch_max = 256;
+  static constexpr std::size_t admit_batch_max = 256;
+  /// Full windows remembered per Admitter (expired ones are dropped when it is reached).
+  static constexpr std::size_t full_windows_max = 10'000;
   static constexpr std::chrono::microseconds settle_delay{1000};
 
  private:
   void flush_settles();
+  void release_unanswered(const std::string& account, const std::string& request_id, std::int64_t sent_ms,
+                          const Admission& a);
   void arm_settle_timer();
   boost::asio::awaitable<void> settle_batch(std::vector<Settlement> batch);
 
   boost::asio::awaitable<std::pair<boost::system::error_code, RedisReply>> eval(
       int script, const std::vector<std::string>& keys, const std::vector<std::string>& args);
+
+  struct AdmitCall;
+  /// Takes the next batch (up to admit_batch_max) of the account's queued admissions.
+  std::vector<std::shared_ptr<AdmitCall>> take_batch(const std::string& account);
+  /// Sends the account's next batch of admissions, sets each one's verdict and wakes them.
+  boost::asio::awaitable<void> run_batch(std::string account);
+
+  /// A request window Redis reported full, and what it said of the windows of that request.
+  struct SeenWindow {
+    std::string key;
+    std::int64_t remaining = 0;
+    std::int64_t reset_at_ms = 0;  ///< Unix ms
+  };
+  struct FullWindow {
+    std::int64_t until_ms = 0;  ///< Unix ms when its oldest bucket leaves
+    std::int64_t limit = 0;     ///< the limit it was full at
+    std::vector<SeenWindow> seen;
+  };
+  /// Sets a rate_limited verdict if one of the request's windows is known full; else false.
+  bool refused_locally(Admission& a);
+  /// Remembers the window Redis refused `a` for (admit.lua ran at `sent_at`, Unix ms).
+  void remember_full(const Admission& a, std::int64_t sent_at);
+
+  /// How installing an account's balance in Redis went.
+  enum class BalanceLoad { cached, unknown_account, failed };
+  struct BalanceLoadInFlight;
+  /// Loads the account's balance from Postgres and installs it in Redis (sync.lua), or waits for
+  /// the load already in flight for that account on this Admitter.
+  boost::asio::awaitable<BalanceLoad> cache_balance(std::string account);
+  /// The load itself (may throw what load_balance throws).
+  boost::asio::awaitable<BalanceLoad> load_balance_into_redis(std::string account);
 
   boost::asio::any_io_executor ex_;
   boost::asio::steady_timer settle_timer_;
@@ -151,6 +208,9 @@ class Admitter {
   BalanceLoader load_balance_;
   SettledFn on_settled_;
   std::vector<Settlement> queued_;
+  std::unordered_map<std::string, std::shared_ptr<BalanceLoadInFlight>> balance_loads_;  ///< by account
+  std::unordered_map<std::string, std::vector<std::shared_ptr<AdmitCall>>> admit_queues_;  ///< by account
+  std::unordered_map<std::string, FullWindow> full_windows_;  ///< by window key
   std::size_t settling_ = 0;        ///< settles in batches in flight
   std::size_t batches_in_flight_ = 0;
   bool timer_armed_ = false;

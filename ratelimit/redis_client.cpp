@@ -10,9 +10,16 @@
 //    closes it, and marks the Link dead (ac_ = nullptr), so stale handlers do nothing.
 //  - A command is a Pending: its reply slot and a steady_timer that is both the deadline and
 //    the wake-up signal. The hiredis reply callback copies the reply and cancels the timer; the
-//    awaiting coroutine is resumed later by the executor, never inside hiredis. If the timer
-//    expires first, the command times out and the Link is freed: hiredis then calls every
-//    pending callback once with a NULL reply, which completes the other commands with an error.
+//    awaiting coroutine is resumed later by the executor, never inside hiredis.
+//  - The deadline measures Redis, not this event loop: it runs from the write(2) that handed the
+//    command to the socket (Link::write stamps Pending::written), not from the call. The timer
+//    is armed at the call for `timeout` (the earliest the deadline can pass, so the common path
+//    costs nothing extra); when it fires, the coroutine first reads what Redis has already sent
+//    (Link::drain: the socket and hiredis' buffer, without waiting), writes the command itself
+//    if the loop has not got to it yet (Link::flush_now), and re-arms the timer for
+//    written + timeout if that is later. Only then is the command timed out, and the Link is
+//    freed if Redis has been silent for two deadlines: hiredis then calls every pending
+//    callback once with a NULL reply, which completes the other commands with an error.
 //    A Pending stays in its Link's FIFO until hiredis has called its callback, so privdata never
 //    dangles, whatever happens to the awaiting coroutine.
 //  - Every C callback is a noexcept trampoline that catches everything.
@@ -30,7 +37,9 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <poll.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/time.h>
 #include <sys/un.h>
 
@@ -228,6 +237,10 @@ RedisUrl parse_redis_url(const std::string& url) {
 
 namespace {
 
+/// A link silent for this many deadlines is dropped (when one of its commands times out). One
+/// would turn a Redis stall just over a deadline into failures of every command in flight.
+constexpr int kSilentDeadlinesToDrop = 2;
+
 struct Link;
 
 /// One command in flight: the reply slot and the timer that is both deadline and wake-up.
@@ -238,6 +251,10 @@ struct Pending {
   error_code ec;
   RedisReply reply;
   std::weak_ptr<Link> link;  ///< the connection it was sent on
+  /// When the command was handed to the socket (the first write(2) after it was queued, which
+  /// may take only part of hiredis' buffer when Redis does not read: Redis' lateness); the
+  /// deadline runs from here. Default-constructed while not yet written.
+  Clock::time_point written{};
 };
 
 enum class Handshake : std::uintptr_t { auth = 1, select = 2 };
@@ -273,8 +290,9 @@ struct Link : std::enable_shared_from_this<Link> {
   std::string failure_text_;
   std::deque<std::shared_ptr<Pending>> inflight_;  ///< FIFO, matches hiredis' callback list
   /// Last time the reply stream moved: a reply arrived, or commands were written while none
-  /// written before was unanswered. A command's deadline counts from its call, but the link is
-  /// judged from this: commands this event loop was too busy to write do not make Redis late.
+  /// written before was unanswered. A command that timed out drops the link only if this is
+  /// two deadlines ago: under a burst, or after a short stall, one late reply must not fail
+  /// every other command.
   Clock::time_point last_progress_ = Clock::now();
   std::uint64_t submitted_ = 0;     ///< commands queued on this link (answered: all but inflight_)
   std::uint64_t written_upto_ = 0;  ///< submitted_ at the last write
@@ -332,13 +350,44 @@ struct Link : std::enable_shared_from_this<Link> {
     flush_posted_ = true;
   }
 
-  /// Writes what hiredis has queued (also completes a non-blocking connect).
+  /// Writes what hiredis has queued (also completes a non-blocking connect) and stamps the
+  /// commands it carried as written: their deadlines start now.
   void write() noexcept {
     const bool was_connected = connected_, nothing_on_wire = submitted_ - inflight_.size() >= written_upto_;
     redisAsyncHandleWrite(ac_);
     if (!connected_) return;
-    if (nothing_on_wire || !was_connected) last_progress_ = Clock::now();
+    const auto now = Clock::now();
+    if (nothing_on_wire || !was_connected) last_progress_ = now;
+    // The commands queued since the last write are the newest ones, at the back of the FIFO
+    // (none of them can have been answered yet).
+    auto fresh = std::min<std::uint64_t>(submitted_ - written_upto_, inflight_.size());
+    for (auto it = inflight_.end() - static_cast<std::ptrdiff_t>(fresh); it != inflight_.end(); ++it)
+      (*it)->written = now;
     written_upto_ = submitted_;
+  }
+
+  /// Delivers the replies Redis has already sent, without waiting: reads the socket while it
+  /// holds bytes (hiredis then runs the callbacks of every complete reply in its buffer), until
+  /// `p` is answered. For a deadline that fired while this event loop was too busy to read.
+  void drain(const Pending& p) noexcept {
+    while (ac_ && connected_ && !p.done) {
+      int available = 0;
+      if (::ioctl(ac_->c.fd, FIONREAD, &available) != 0 || available <= 0) return;
+      redisAsyncHandleRead(ac_);  // may free the context (EOF, protocol error): ac_ is then null
+    }
+  }
+
+  /// Writes what hiredis holds now, if the socket takes it: completes a connect that succeeded
+  /// meanwhile (poll, no waiting). For a deadline that fired before this event loop got to the
+  /// write it had posted (or to the connect's completion).
+  void flush_now() noexcept {
+    if (!ac_ || !want_write_) return;
+    if (!connected_) {
+      pollfd pfd{ac_->c.fd, POLLOUT, 0};
+      if (::poll(&pfd, 1, 0) != 1) return;  // the connect is still in progress: Redis' side
+    }
+    write();
+    rearm();
   }
 
   void on_ready(error_code ec, bool read) noexcept {
@@ -665,30 +714,43 @@ net::awaitable<RedisConnection::Result> RedisConnection::command(std::vector<std
   // Only this part touches *this; after the first suspension the coroutine uses `p` alone, so
   // the RedisConnection may be destroyed while it waits.
   auto p = std::make_shared<Pending>(impl_->ex_);
-  p->timer.expires_after(timeout);
+  p->timer.expires_after(timeout);  // the earliest the deadline (written + timeout) can pass
   if (error_code ec = impl_->submit(argv, p)) co_return Result{ec, RedisReply{}};
 
-  if (!p->done) {
+  while (!p->done) {
     error_code wait_ec;
     co_await p->timer.async_wait(net::redirect_error(net::use_awaitable, wait_ec));
-    if (!p->done) {
+    if (p->done) break;
+    if (wait_ec == net::error::operation_aborted) {  // without a result: the caller was cancelled
       p->done = true;  // the reply, if it ever comes, is discarded by on_reply
-      // operation_aborted without a result: the awaiting coroutine was cancelled.
-      if (wait_ec == net::error::operation_aborted) co_return Result{wait_ec, RedisReply{}};
-      // A late reply is discarded when it comes, so the stream stays in step. Only a link whose
-      // reply stream has not moved for (nearly) the whole deadline since its commands were
-      // written is dropped: under a burst, one slow reply must not fail every other command in
-      // flight, and neither must this event loop's own lateness in writing them. (90 %: the
-      // write comes a few µs after the call that started the deadline.)
-      if (auto l = p->link.lock()) {
-        if (l->alive() && Clock::now() - l->last_progress_ >= timeout - timeout / 10) {
-          spdlog::warn("redis {}: a command timed out after {} ms; reconnecting", l->where_, timeout.count());
-          l->drop(net::error::connection_aborted,
-                  fmt::format("dropped: a command timed out after {} ms", timeout.count()));
-        }
-      }
-      co_return Result{error_code(net::error::timed_out), RedisReply{}};
+      co_return Result{wait_ec, RedisReply{}};
     }
+    // The timer fired. What counts is Redis: a reply it sent that this loop has not read yet is
+    // delivered now, and a command this loop has not written yet is written now; either way the
+    // command gets its whole deadline from the write.
+    auto l = p->link.lock();
+    if (l && l->alive()) {
+      l->drain(*p);
+      if (p->done) break;
+      if (p->written == Clock::time_point{}) l->flush_now();
+      if (p->done) break;
+      if (p->written != Clock::time_point{} && Clock::now() < p->written + timeout) {
+        p->timer.expires_at(p->written + timeout);
+        continue;
+      }
+      // Not written (a connect still in progress) or written a whole deadline ago: timed out.
+    }
+    p->done = true;  // the reply, if it ever comes, is discarded by on_reply
+    // A late reply is discarded when it comes, so the stream stays in step. Only a link whose
+    // reply stream has not moved for two deadlines is dropped: under a burst, or after a stall
+    // shorter than that (Redis waiting for a CPU on a busy host), one late reply must not fail
+    // every other command in flight, each of which has its own deadline.
+    if (l && l->alive() && l->connected_ && Clock::now() - l->last_progress_ >= kSilentDeadlinesToDrop * timeout) {
+      spdlog::warn("redis {}: a command timed out after {} ms; reconnecting", l->where_, timeout.count());
+      l->drop(net::error::connection_aborted,
+              fmt::format("dropped: a command timed out after {} ms", timeout.count()));
+    }
+    co_return Result{error_code(net::error::timed_out), RedisReply{}};
   }
   co_return Result{p->ec, std::move(p->reply)};
 }

@@ -81,15 +81,21 @@ class RedisConnection {
   RedisConnection(const RedisConnection&) = delete;
   RedisConnection& operator=(const RedisConnection&) = delete;
 
-  /// Sends one command (`argv`: name then arguments, binary safe) and awaits its reply for at most
-  /// `timeout` (counted from the call, so it includes connecting). Returns {error_code, reply};
-  /// the error_code is set only when no reply arrived:
+  /// Sends one command (`argv`: name then arguments, binary safe) and awaits its reply. The
+  /// deadline measures Redis, not this event loop: `timeout` runs from the write(2) that hands
+  /// the command to the socket (at the end of the event-loop turn that issued it; right after
+  /// the connect completes for a command issued while connecting), and a reply Redis sent before
+  /// the deadline is delivered even if the loop was too busy to read it in time. So a command
+  /// completes at the latest `timeout` after its write, plus however late this event loop is
+  /// in running its expired timer; one issued while connecting fails at `timeout` after the
+  /// call if the connect has not completed by then (a connect is bounded by `connect_timeout`).
+  /// Returns {error_code, reply}; the error_code is set only when no reply arrived:
   ///  - boost::asio::error::timed_out: the deadline passed. Its reply, if it comes, is discarded.
-  ///    If no reply at all arrived on the connection for (90 % of) the deadline since its
-  ///    commands were written (Redis hung, or the network), the connection is dropped: every
-  ///    other command in flight on it completes with boost::asio::error::connection_aborted and
-  ///    the next command reconnects. While replies keep flowing (a burst), one late command does
-  ///    not fail the others; nor does an event loop too busy to write its commands in time.
+  ///    If no reply at all arrived on the connection for two deadlines (Redis hung, or the
+  ///    network), the connection is dropped: every other command in flight on it completes with
+  ///    boost::asio::error::connection_aborted and the next command reconnects. While replies
+  ///    keep flowing (a burst), or after a stall shorter than that (Redis waiting for a CPU),
+  ///    one late command does not fail the others: each has its own deadline.
   ///  - connecting failed: the system error (e.g. connection_refused, also for a Unix socket
   ///    path where no socket file exists), timed_out (connect timeout), access_denied (AUTH
   ///    refused), invalid_argument (SELECT refused), host_not_found (name lookup failed).

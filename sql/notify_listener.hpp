@@ -7,7 +7,9 @@
 //   tollgate_balances  payload = "account version credits_micros" → refresh Redis' balance cache
 // A notification arrives within milliseconds of the commit; the thread wakes at least every
 // `poll` to notice a lost connection. After a reconnect `on_reconnect` runs (notifications may
-// have been missed: callers drop caches and reload).
+// have been missed: callers drop caches and reload). Reconnect attempts back off from 100 ms to
+// `max_backoff` (500 ms): a key revoked just after a PostgreSQL outage, whose NOTIFY nobody
+// heard, is dropped by the reconnect at most that long after PostgreSQL is back.
 #include "sql/pg.hpp"
 
 #include <atomic>
@@ -22,6 +24,9 @@ class NotifyListener {
  public:
   using OnNotify = std::function<void(PgConn&, const std::string& channel, const std::string& payload)>;
   using OnConnect = std::function<void(PgConn&)>;
+
+  /// The longest wait between two reconnect attempts.
+  static constexpr std::chrono::milliseconds max_backoff{500};
 
   NotifyListener(std::string database_url, OnNotify on_notify, OnConnect on_connect,
                  std::chrono::milliseconds poll = std::chrono::milliseconds(200));

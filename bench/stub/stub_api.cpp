@@ -213,6 +213,35 @@ std::string RequestDecoder::decode(Endpoint endpoint, std::string& body, const D
             return "stub_fail must be \"status:NNN\", \"midstream\", \"drop\" or \"drop_midstream\"";
     }
 
+    p.retry_after.clear();
+    p.error_json.clear();
+    p.has_error_body = false;
+    p.error_body.clear();
+    p.error_content_type.clear();
+    auto header_safe = [](std::string_view v) { return v.find_first_of("\r\n") == std::string_view::npos; };
+    if (dom::element e; lookup(obj, "stub_retry_after", e)) {
+        std::string_view text;
+        if (std::int64_t n; e.get_int64().get(n) == simdjson::SUCCESS) p.retry_after = std::to_string(n);
+        else if (e.get_string().get(text) == simdjson::SUCCESS && header_safe(text)) p.retry_after = text;
+        else return "stub_retry_after must be an integer or a one-line string";
+    }
+    if (dom::element e; lookup(obj, "stub_error", e)) {
+        if (!e.is_object() && !e.is_string()) return "stub_error must be an object or a string";
+        p.error_json = simdjson::minify(e);
+    }
+    if (dom::element e; lookup(obj, "stub_error_body", e)) {
+        std::string_view text;
+        if (e.get_string().get(text) != simdjson::SUCCESS) return "stub_error_body must be a string";
+        p.has_error_body = true;
+        p.error_body = text;
+    }
+    if (dom::element e; lookup(obj, "stub_error_content_type", e)) {
+        std::string_view text;
+        if (e.get_string().get(text) != simdjson::SUCCESS || !header_safe(text))
+            return "stub_error_content_type must be a one-line string";
+        p.error_content_type = text;
+    }
+
     const ModelInfo* info = find_model(model);
     p.completion_tokens = 0;
     p.truncated = false;
@@ -323,6 +352,21 @@ void render_error(Buffer& out, int code, std::string_view message) {
     put(out, "}}");
 }
 
+std::string_view render_status_failure(Buffer& out, const Plan& p, int status) {
+    if (p.has_error_body) {
+        put(out, p.error_body);
+        return p.error_content_type.empty() ? std::string_view("text/plain") : std::string_view(p.error_content_type);
+    }
+    if (p.error_json.empty()) {
+        render_error(out, status, "stub failure");
+    } else {
+        put(out, "{\"error\":");
+        put(out, p.error_json);
+        out.push_back('}');
+    }
+    return "application/json";
+}
+
 void render_completion(Buffer& out, const Plan& p) {
     const bool chat = is_chat(p);
     append_envelope(out, p, chat ? "chat.completion" : "text_completion");
@@ -392,7 +436,10 @@ void render_stream_usage(Buffer& out, const Plan& p) {
 void render_stream_error(Buffer& out, const Plan& p) {
     put(out, "data: ");
     append_envelope(out, p, chunk_object(p));
-    put(out, "\"error\":{\"code\":502,\"message\":\"stub mid-stream error\"},\"choices\":[{\"index\":0,");
+    put(out, "\"error\":");
+    put(out, p.error_json.empty() ? std::string_view("{\"code\":502,\"message\":\"stub mid-stream error\"}")
+                                  : std::string_view(p.error_json));
+    put(out, ",\"choices\":[{\"index\":0,");
     put(out, is_chat(p) ? "\"delta\":{\"content\":\"\"}" : "\"text\":\"\"");
     put(out, ",\"finish_reason\":\"error\"}]}\n\n");
 }

@@ -54,6 +54,11 @@ struct Plan {
     std::int64_t chunk_interval_ms = 0;
     std::int64_t latency_ms = 0;
     Failure fail;                         ///< per-request `stub_fail` (mode none when absent)
+    std::string retry_after;              ///< `stub_retry_after`: Retry-After of a status failure
+    std::string error_json;               ///< `stub_error`: the `error` value (minified JSON) to send
+    bool has_error_body = false;          ///< `stub_error_body` was given
+    std::string error_body;               ///< `stub_error_body`: a status failure's whole body
+    std::string error_content_type;       ///< `stub_error_content_type` (default text/plain)
     std::uint64_t gen = 0;                ///< generation counter; id is "gen-<gen>"
     std::int64_t created = 0;             ///< unix seconds
 };
@@ -86,6 +91,10 @@ void append_decimal_pico(Buffer& out, std::uint64_t pico);
 /// {"error":{"code":C,"message":M}}
 void render_error(Buffer& out, int code, std::string_view message);
 
+/// The body of a `status:NNN` failure: `stub_error_body` as is, else {"error":<stub_error>}, else
+/// render_error(status, "stub failure"). Returns its Content-Type.
+std::string_view render_status_failure(Buffer& out, const Plan& plan, int status);
+
 /// Non-streaming chat.completion / text_completion body.
 void render_completion(Buffer& out, const Plan& plan);
 
@@ -101,7 +110,7 @@ void render_stream_finish(Buffer& out, const Plan& plan);
 /// SSE event with `"choices":[]` and the usage object.
 void render_stream_usage(Buffer& out, const Plan& plan);
 
-/// SSE event carrying the OpenRouter-style mid-stream error.
+/// SSE event carrying the OpenRouter-style mid-stream error (its `error` is `stub_error` if given).
 void render_stream_error(Buffer& out, const Plan& plan);
 
 /// GET /models body (rendered once at startup by the server).

@@ -260,8 +260,13 @@ asio::awaitable<bool> Session::handle_generation(Request& req, Endpoint endpoint
         case FailMode::drop:
             close_abruptly();
             co_return false;
-        case FailMode::status:
-            co_return co_await send_error(fail.status, "stub failure");
+        case FailMode::status: {
+            body_.clear();
+            const std::string_view type = render_status_failure(body_, plan_, fail.status);
+            const std::string extra =
+                plan_.retry_after.empty() ? std::string() : fmt::format("Retry-After: {}\r\n", plan_.retry_after);
+            co_return co_await send_fixed(fail.status, type, extra);
+        }
         default:
             break;
     }

@@ -6,6 +6,8 @@
 #   services.sh stop DIR           stop both (idempotent)
 #   services.sh stop-redis DIR     stop only Redis
 #   services.sh start-redis DIR    start only Redis again, on the same port as before
+#   services.sh stop-pg DIR        stop only PostgreSQL (fast shutdown: sessions are cut)
+#   services.sh start-pg DIR       start only PostgreSQL again, on the same port as before
 #   services.sh destroy DIR        stop both and delete their data
 #
 # DIR/env is sourceable: TOLLGATE_DATABASE_URL, TOLLGATE_REDIS_URL, TOLLGATE_PG_PORT,
@@ -132,6 +134,13 @@ pg_start() {
   done
   die "could not start postgres; see $PGLOG"
 }
+pg_start_same_port() {  # PostgreSQL again on $OLD_PG (clients keep their URL)
+  if pg_running; then PGPORT=$(sed -n 4p "$PGD/postmaster.pid"); return; fi
+  port_free "$OLD_PG" || die "postgres port $OLD_PG is taken by another process"
+  as_svc "$PGBIN/pg_ctl" start -D "$PGD" -l "$PGLOG" -w -t "$TIMEOUT" -o "-p $OLD_PG" >/dev/null \
+    || { diag "postgres failed to start on port $OLD_PG" "$PGLOG"; exit 1; }
+  PGPORT=$OLD_PG
+}
 pg_wait_and_db() {
   local i
   for ((i = 0; i < TIMEOUT * 2; i++)); do
@@ -214,7 +223,7 @@ EOF
 }
 
 # stop-like commands on a DIR that does not exist are a no-op
-if [[ ${1:-} == @(stop|stop-redis|destroy) && -n ${2:-} && ! -d ${2:-} ]]; then log "$2 does not exist; nothing to do"; exit 0; fi
+if [[ ${1:-} == @(stop|stop-redis|stop-pg|destroy) && -n ${2:-} && ! -d ${2:-} ]]; then log "$2 does not exist; nothing to do"; exit 0; fi
 case "${1:-}" in
   install) cmd_install ;;
   start) setup "${2:-}"; pg_start; pg_wait_and_db; redis_start "$OLD_REDIS" 0; write_env ;;
@@ -223,10 +232,14 @@ case "${1:-}" in
   start-redis)
     setup "${2:-}"; [[ -n $OLD_REDIS ]] || die "$DIR/env has no redis port; run: $0 start $DIR"
     redis_start "$OLD_REDIS" 1; log "redis is up on 127.0.0.1:$REDISPORT" ;;
+  stop-pg) setup "${2:-}"; pg_stop; log "stopped postgres in $DIR" ;;
+  start-pg)
+    setup "${2:-}"; [[ -n $OLD_PG ]] || die "$DIR/env has no postgres port; run: $0 start $DIR"
+    pg_start_same_port; pg_wait_and_db; log "postgres is up on 127.0.0.1:$PGPORT" ;;
   destroy)
     setup "${2:-}"; redis_stop; pg_stop
     rm -rf "$R"/{pg,pg.tmp,redis,log,run} "$DIR/env"
     if [[ $R == /tmp/tollgate-* ]]; then rm -rf "$R" "$DIR/data"; fi
     rm -f "$DIR/.lock"; rmdir "$DIR" 2>/dev/null || true; log "destroyed $DIR" ;;
-  *) sed -n '2,17s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,19s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
 esac

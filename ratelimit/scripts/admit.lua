@@ -1,38 +1,40 @@
--- tollgate admission: every sliding window of the request, then the balance hold — atomically,
--- in one round trip. See ratelimit/admission.hpp for the algorithm and its bound.
+-- tollgate admission: for each request of one account, in order, every sliding window of the
+-- request, then the balance hold — atomically, in one round trip for the whole batch (the
+-- requests of one event-loop turn). See ratelimit/admission.hpp for the algorithm and its bound.
+-- A batch decides exactly as the same requests sent one by one at the same time would.
 --
 -- KEYS[1] balance hash {credits, version, held, pending}   (credit units, 1e-6 USD)
 -- KEYS[2] holds zset   request_id -> expiry (ms)
 -- KEYS[3] hold amounts hash request_id -> amount
--- KEYS[3+i] window i hash {t = total, o = oldest live bucket, <bucket index> = count}
--- ARGV: now_ms, request_id, hold, hold_ttl_ms, overdraft, n_windows,
---       then per window: limit, window_ms, buckets, cost
--- Returns {status, detail, retry_after_ms, then per window: remaining, reset_ms, bucket}
---   status 0 admitted | 1 rate limited (detail = window index) |
---          2 insufficient balance (detail = available) | 3 balance not cached
+-- KEYS[3+j] window j hash {t = total, o = oldest live bucket, <bucket index> = count}
+-- ARGV: now_ms, hold_ttl_ms, n_windows, then per window j: window_ms, buckets,
+--       then per request: request_id, hold, overdraft, m, then m times: window j, limit, cost
+-- Returns one array per request: {status, detail, retry_after_ms, then per window of the
+-- request: remaining, reset_ms, bucket}
+--   status 0 admitted (detail = available after the hold) | 1 rate limited (detail = index of
+--          the window among the request's) | 2 insufficient balance (detail = available) |
+--          3 balance not cached
 local now = tonumber(ARGV[1])
-local rid = ARGV[2]
-local hold = tonumber(ARGV[3])
-local ttl = tonumber(ARGV[4])
-local overdraft = tonumber(ARGV[5])
-local nwin = tonumber(ARGV[6])
+local ttl = tonumber(ARGV[2])
+local nwin = tonumber(ARGV[3])
 
 local wins = {}
-local limited, retry = 0, 0
-for i = 1, nwin do
-  local a = 6 + (i - 1) * 4
-  local w = {key = KEYS[3 + i], limit = tonumber(ARGV[a + 1]), win = tonumber(ARGV[a + 2]),
-             nb = tonumber(ARGV[a + 3]), cost = tonumber(ARGV[a + 4])}
+for j = 1, nwin do
+  local a = 3 + (j - 1) * 2
+  local w = {key = KEYS[3 + j], win = tonumber(ARGV[a + 1]), nb = tonumber(ARGV[a + 2]), added = 0, counts = {}}
   w.g = math.floor(w.win / w.nb)
   w.cur = math.floor(now / w.g)
   local lo = w.cur - w.nb            -- buckets lo..cur are counted (nb + 1 of them)
   local h = redis.call('HMGET', w.key, 't', 'o')
   w.total = tonumber(h[1]) or 0
-  local oldest = tonumber(h[2]) or lo
+  -- No bucket is older than 'o'; a window without it has no buckets at all (admission writes
+  -- 'o' whenever it adds one), so its oldest possible bucket is the current one.
+  local oldest = tonumber(h[2]) or w.cur
   if oldest < lo then
     if lo - oldest > w.nb then       -- idle for longer than the window: nothing is live
       redis.call('DEL', w.key)
       w.total = 0
+      oldest = w.cur
     else
       for b = oldest, lo - 1 do
         local v = redis.call('HGET', w.key, b)
@@ -41,84 +43,118 @@ for i = 1, nwin do
           redis.call('HDEL', w.key, b)
         end
       end
+      oldest = lo
+      w.changed = true               -- buckets left the window: 't' and 'o' must follow
     end
-    oldest = lo
   end
   w.oldest = oldest
-  wins[i] = w
-  if limited == 0 and w.total + w.cost > w.limit then
-    -- Retry when enough of the oldest buckets have left the window (never, if cost > limit).
-    local need, freed = w.total + w.cost - w.limit, 0
-    retry = w.win
-    if w.cost <= w.limit then
-      for b = oldest, w.cur do
-        freed = freed + (tonumber(redis.call('HGET', w.key, b)) or 0)
-        if freed >= need then
-          retry = (b + w.nb + 1) * w.g - now
-          break
-        end
-      end
-    end
-    limited = i
-  end
+  wins[j] = w
 end
 
-local function persist_windows(admit)
-  for i = 1, nwin do
-    local w = wins[i]
-    if admit then
-      redis.call('HINCRBY', w.key, w.cur, w.cost)
-      w.total = w.total + w.cost
-    end
-    if w.total > 0 or admit then
-      redis.call('HSET', w.key, 't', w.total, 'o', w.oldest)
-      redis.call('PEXPIRE', w.key, w.win + 2 * w.g)
-    end
+-- A bucket's count, including what this batch added to the current one.
+local function count(w, b)
+  local c = w.counts[b]
+  if c == nil then
+    c = tonumber(redis.call('HGET', w.key, b)) or 0
+    w.counts[b] = c
   end
+  if b == w.cur then return c + w.added end
+  return c
 end
 
-local function reply(status, detail, retry_ms)
-  local out = {status, detail, retry_ms}
-  for i = 1, nwin do
-    local w = wins[i]
-    local remaining = w.limit - w.total
-    if remaining < 0 then remaining = 0 end
-    out[#out + 1] = remaining
-    out[#out + 1] = (w.cur + w.nb + 1) * w.g - now
-    out[#out + 1] = w.cur
+-- When enough of the oldest buckets leave the window for `cost` to fit (never, if cost > limit).
+local function retry_after(w, limit, cost)
+  if cost > limit then return w.win end
+  local need, freed = w.total + cost - limit, 0
+  for b = w.oldest, w.cur do
+    freed = freed + count(w, b)
+    if freed >= need then return (b + w.nb + 1) * w.g - now end
   end
-  return out
-end
-
-if limited > 0 then
-  persist_windows(false)
-  return reply(1, limited, retry)
+  return w.win
 end
 
 local b = redis.call('HMGET', KEYS[1], 'credits', 'held', 'pending')
-if not b[1] then
-  persist_windows(false)
-  return reply(3, 0, 0)
-end
-local held = tonumber(b[2]) or 0
--- Holds of crashed or stuck requests expire.
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-for _, r in ipairs(expired) do
-  local amt = redis.call('HGET', KEYS[3], r)
-  if amt then
-    held = held - tonumber(amt)
-    redis.call('HDEL', KEYS[3], r)
+local cached = b[1] ~= false
+local credits, held, pending = tonumber(b[1]) or 0, tonumber(b[2]) or 0, tonumber(b[3]) or 0
+local held_changed = false
+if cached then
+  -- Holds of crashed or stuck requests expire.
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+  for _, r in ipairs(expired) do
+    local amt = redis.call('HGET', KEYS[3], r)
+    if amt then
+      held = held - tonumber(amt)
+      redis.call('HDEL', KEYS[3], r)
+      held_changed = true
+    end
+    redis.call('ZREM', KEYS[2], r)
   end
-  redis.call('ZREM', KEYS[2], r)
 end
-local available = tonumber(b[1]) - held - (tonumber(b[3]) or 0) + overdraft
-if hold > available then
-  redis.call('HSET', KEYS[1], 'held', held)
-  persist_windows(false)
-  return reply(2, available, 0)
+
+local out, hold_scores, hold_amounts = {}, {}, {}
+local i = 4 + 2 * nwin
+while i <= #ARGV do
+  local rid, hold, overdraft, m = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local rw = {}
+  for k = 1, m do
+    local p = i + 4 + (k - 1) * 3
+    rw[k] = {w = wins[tonumber(ARGV[p])], limit = tonumber(ARGV[p + 1]), cost = tonumber(ARGV[p + 2])}
+  end
+  i = i + 4 + 3 * m
+  local status, detail, retry = 0, 0, 0
+  for k = 1, m do
+    local x = rw[k]
+    if x.w.total + x.cost > x.limit then
+      status, detail, retry = 1, k, retry_after(x.w, x.limit, x.cost)
+      break
+    end
+  end
+  if status == 0 then
+    local available = credits - held - pending + overdraft
+    if not cached then
+      status = 3
+    elseif hold > available then
+      status, detail = 2, available
+    else
+      held = held + hold
+      held_changed = true
+      hold_scores[#hold_scores + 1] = now + ttl
+      hold_scores[#hold_scores + 1] = rid
+      hold_amounts[#hold_amounts + 1] = rid
+      hold_amounts[#hold_amounts + 1] = hold
+      for k = 1, m do
+        rw[k].w.total = rw[k].w.total + rw[k].cost
+        rw[k].w.added = rw[k].w.added + rw[k].cost
+      end
+      detail = available - hold
+    end
+  end
+  local r = {status, detail, retry}
+  for k = 1, m do
+    local x = rw[k]
+    local remaining = x.limit - x.w.total
+    if remaining < 0 then remaining = 0 end
+    r[#r + 1] = remaining
+    r[#r + 1] = (x.w.cur + x.w.nb + 1) * x.w.g - now
+    r[#r + 1] = x.w.cur
+  end
+  out[#out + 1] = r
 end
-redis.call('HSET', KEYS[1], 'held', held + hold)
-redis.call('ZADD', KEYS[2], now + ttl, rid)
-redis.call('HSET', KEYS[3], rid, hold)
-persist_windows(true)
-return reply(0, available - hold, 0)
+
+-- Write back what changed: a batch of refusals that expired nothing writes nothing. (A window's
+-- expiry need not move then: every bucket in it is younger than the PEXPIRE set when it was
+-- added.)
+for j = 1, nwin do
+  local w = wins[j]
+  if w.added > 0 then redis.call('HINCRBY', w.key, w.cur, w.added) end
+  if w.added > 0 or w.changed then
+    redis.call('HSET', w.key, 't', w.total, 'o', w.oldest)
+    redis.call('PEXPIRE', w.key, w.win + 2 * w.g)
+  end
+end
+if held_changed then redis.call('HSET', KEYS[1], 'held', held) end
+if #hold_scores > 0 then
+  redis.call('ZADD', KEYS[2], unpack(hold_scores))
+  redis.call('HSET', KEYS[3], unpack(hold_amounts))
+end
+return out

@@ -207,7 +207,7 @@ test('Redis stopped mid-run: answers within the timeout (503 fail closed, or ope
     const opened = await chat(open.url, h.key, body);
     assert.equal(opened.status, 200, opened.text);
     assert.equal((await chat(open.url, poor.key, body)).status, 402, 'fail open must still check the balance');
-    const metrics = await (await fetch(`${open.url}/metrics`)).text();
+    const metrics = await (await fetch(`${open.adminUrl}/metrics`)).text();
     assert.match(metrics, /tollgate_admission_total\{result="failure_mode_allowed"\} [1-9]/);
     await h.usageRow(opened.headers.get('x-request-id'));
   } finally {

@@ -29,6 +29,18 @@ if (!DATABASE_URL) {
 export const TOLLGATE_BIN = resolve(process.env.TOLLGATE_BIN || join(HERE, '../../build/bin/tollgate'));
 export const STUB_BIN = resolve(process.env.TOLLGATE_STUB_BIN || join(HERE, '../../build/bin/tollgate-stub'));
 
+/** Reads a fetch Response whole: { status, headers, text, json } (json undefined if not JSON). */
+export async function readResponse(res) {
+  const text = await res.text();
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, headers: res.headers, text, json };
+}
+
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 export const randomSuffix = (bytes = 6) => randomBytes(bytes).toString('hex');
 
@@ -177,7 +189,12 @@ class Child {
 // The harness
 
 export class Harness {
-  constructor() {
+  /**
+   * `defaultAdmissionTimeout`: every proxy started keeps tollgate's default admission deadline
+   * (50 ms) instead of the 2 s the other suites use (for tests about the deadline itself).
+   */
+  constructor({ defaultAdmissionTimeout = false } = {}) {
+    this.defaultAdmissionTimeout = defaultAdmissionTimeout;
     this.run = `e2e${randomSuffix(5)}`;
     this.namespace = this.run; // model namespace and pricing-rule glob prefix
     this.model = `${this.namespace}/small`;
@@ -209,15 +226,21 @@ export class Harness {
     return { child, port, url: `http://127.0.0.1:${port}` };
   }
 
-  /** Starts one `tollgate serve`; `upstreamUrl` defaults to the stub. */
-  async startProxy({ upstreamUrl = `${this.stubUrl}/api/v1`, name = 'tollgate', env: extraEnv = {}, args = [] } = {}) {
+  /**
+   * Starts one `tollgate serve`; `upstreamUrl` defaults to the stub. `defaultAdmissionTimeout`
+   * (default: the harness') leaves TOLLGATE_ADMISSION_TIMEOUT_MS unset.
+   */
+  async startProxy({ upstreamUrl = `${this.stubUrl}/api/v1`, name = 'tollgate', env: extraEnv = {}, args = [],
+                     defaultAdmissionTimeout = this.defaultAdmissionTimeout } = {}) {
     await waitForFile(TOLLGATE_BIN, 60_000, 'tollgate binary');
     const dir = this.tmp(name);
     const portFile = join(dir, 'port');
+    const adminPortFile = join(dir, 'admin-port');
     const env = {
       ...process.env,
       TOLLGATE_DATABASE_URL: DATABASE_URL,
       TOLLGATE_LISTEN: '127.0.0.1:0',
+      TOLLGATE_ADMIN_LISTEN: '127.0.0.1:0',
       TOLLGATE_UPSTREAM_URL: upstreamUrl,
       TOLLGATE_UPSTREAM_KEY: this.upstreamKey,
       TOLLGATE_JOURNAL_DIR: join(dir, 'journal'),
@@ -227,16 +250,22 @@ export class Harness {
       TOLLGATE_ADMISSION_TIMEOUT_MS: '2000',
       ...extraEnv,
     };
-    const child = new Child(name, TOLLGATE_BIN, [...args, 'serve', '--port-file', portFile], env);
+    if (defaultAdmissionTimeout) delete env.TOLLGATE_ADMISSION_TIMEOUT_MS;
+    const child = new Child(name, TOLLGATE_BIN,
+      [...args, 'serve', '--port-file', portFile, '--admin-port-file', adminPortFile], env);
     this.children.push(child);
-    const port = await child.ready(portFile, '/healthz');
-    this.proxies.push({ child, url: `http://127.0.0.1:${port}` });
+    // Ready once the admin listener's /readyz says Postgres, Redis and the caches are; the API
+    // port file is written just before it starts serving.
+    const adminPort = await child.ready(adminPortFile, '/readyz');
+    const port = Number(readFileSync(portFile, 'utf8').trim());
+    const adminUrl = `http://127.0.0.1:${adminPort}`;
+    this.proxies.push({ child, url: `http://127.0.0.1:${port}`, adminUrl });
     // serve announces itself; the line may trail the port file by a moment.
     const deadline = Date.now() + 2000;
     while (!/tollgate listening on/.test(child.log) && Date.now() < deadline) await sleep(20);
     if (!/tollgate listening on/.test(child.log))
-      throw new Error(`${name} answers /healthz but never logged "tollgate listening on":\n${child.log}`);
-    return { child, port, url: `http://127.0.0.1:${port}` };
+      throw new Error(`${name} answers /readyz but never logged "tollgate listening on":\n${child.log}`);
+    return { child, port, url: `http://127.0.0.1:${port}`, adminUrl };
   }
 
   /** A fresh account (unique email) with `usd` credits (a decimal string) and one key. */
@@ -259,7 +288,12 @@ export class Harness {
     return { key, keyId: m[1] };
   }
 
-  async start() {
+  /**
+   * Prices, the stub, one `tollgate serve` and the main account. `upstream(stubUrl)`, when given,
+   * returns the upstream base URL that proxy uses instead of the stub's own (e.g. a recording
+   * relay in front of the stub).
+   */
+  async start({ upstream } = {}) {
     // Prices and the pricing rule first, so the proxy's first pricing snapshot has them.
     await tollgate('prices', 'set', this.model, this.promptPrice, this.completionPrice, '--context-length', '8192');
     await psql(
@@ -269,9 +303,10 @@ export class Harness {
     const stub = await this.startStub();
     this.stub = stub;
     this.stubUrl = stub.url;
-    const proxy = await this.startProxy();
+    const proxy = await this.startProxy(upstream ? { upstreamUrl: await upstream(stub.url) } : {});
     this.proxy = proxy;
     this.url = proxy.url;
+    this.adminUrl = proxy.adminUrl;
     this.account = await this.newAccount({ usd: '10', label: 'main' });
     this.key = this.account.key;
   }
@@ -337,7 +372,7 @@ export class Harness {
       for (;;) {
         let queued = 0;
         try {
-          const text = await (await fetch(`${p.url}/metrics`)).text();
+          const text = await (await fetch(`${p.adminUrl}/metrics`)).text();
           queued = Number(/^tollgate_usage_records_queued (\d+)$/m.exec(text)?.[1] ?? 0);
         } catch {
           break; // stopped or killed: its journal is replayed by whoever restarts it
@@ -385,11 +420,14 @@ export class Harness {
   }
 }
 
-/** Creates a Harness and registers node:test before/after hooks that start and stop it. */
-export function useHarness() {
-  const h = new Harness();
+/**
+ * Creates a Harness and registers node:test before/after hooks that start and stop it;
+ * `options` go to its constructor and to Harness.start().
+ */
+export function useHarness(options = {}) {
+  const h = new Harness(options);
   before(async () => {
-    await h.start();
+    await h.start(options);
   }, { timeout: 60_000 });
   after(async () => {
     await h.stop();

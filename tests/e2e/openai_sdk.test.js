@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import OpenAI from 'openai';
 
-import { closedPort, fromMicros, psql, lit, randomSuffix, sleep, tollgate, toMicros, useHarness } from './harness.js';
+import { closedPort, fromMicros, lit, psql, randomSuffix, readResponse, sleep, toMicros, tollgate, useHarness } from './harness.js';
 
 const h = useHarness();
 
@@ -63,14 +63,7 @@ async function post(path, body, { key = h.key, headers = {}, url = h.url, ...ini
     body: typeof body === 'string' || body instanceof Uint8Array || body instanceof ReadableStream ? body : JSON.stringify(body),
     ...init,
   });
-  const text = await res.text();
-  let json;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, headers: res.headers, text, json };
+  return readResponse(res);
 }
 
 /** Runs an SDK streaming chat completion to its end (or error); collects chunks with arrival times. */
@@ -705,7 +698,7 @@ test('14. raw API keys appear in no log line and no metric', async () => {
   // Provoke the paths that log: a bad key, an upstream error, a revoked key's refusal.
   await fetch(`${h.url}/v1/models`, { headers: { authorization: `Bearer ${h.key}x` } });
   await post('/v1/chat/completions', { model: h.model, messages: [{ role: 'user', content: 'x' }], stub_fail: 'status:500' });
-  const metrics = await (await fetch(`${h.url}/metrics`)).text();
+  const metrics = await (await fetch(`${h.adminUrl}/metrics`)).text();
   for (const secret of [h.key, h.key.slice(3), h.upstreamKey]) {
     assert.ok(!h.proxy.child.log.includes(secret), 'a key appears in the proxy log');
     assert.ok(!metrics.includes(secret), 'a key appears in /metrics');

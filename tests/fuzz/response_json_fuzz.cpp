@@ -13,6 +13,7 @@
 
 #include <boost/json.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -22,9 +23,16 @@ using namespace tollgate;
 namespace json = boost::json;
 
 /// An integer token count as inspect_json keeps it: int64 values only, else 0.
-std::int64_t token_field(const json::object& usage, std::string_view key) {
+/// Checks a token count as billing takes it (wire::Usage): an integer clamped to [0, max_tokens],
+/// another number rounded up within that range (exactly, from its text: only bounds here), and
+/// anything else 0.
+void check_tokens(std::int64_t got, const json::object& usage, std::string_view key) {
+  FUZZ_CHECK(got >= 0 && got <= wire::Usage::max_tokens);
   const json::value* v = usage.if_contains(key);
-  return v && v->is_int64() ? v->as_int64() : 0;
+  if (!v || !(v->is_int64() || v->is_uint64() || v->is_double())) FUZZ_CHECK(got == 0);
+  else if (v->is_int64()) FUZZ_CHECK(got == std::clamp<std::int64_t>(v->as_int64(), 0, wire::Usage::max_tokens));
+  else if (v->is_uint64()) FUZZ_CHECK(got == wire::Usage::max_tokens);
+  else if (v->as_double() <= 0) FUZZ_CHECK(got == 0);
 }
 
 void compare_with_boost(std::string_view body, const std::optional<wire::ChunkInfo>& info) {
@@ -60,11 +68,16 @@ void compare_with_boost(std::string_view body, const std::optional<wire::ChunkIn
   FUZZ_CHECK(info->usage_only == (choices_empty && info->usage.has_value()));
   if (!info->usage) return;
   const json::object& u = usage->as_object();
-  FUZZ_CHECK(info->usage->prompt_tokens == token_field(u, "prompt_tokens"));
-  FUZZ_CHECK(info->usage->completion_tokens == token_field(u, "completion_tokens"));
+  check_tokens(info->usage->prompt_tokens, u, "prompt_tokens");
+  check_tokens(info->usage->completion_tokens, u, "completion_tokens");
   const json::value* cost = u.if_contains("cost");
   bool cost_is_number = cost && (cost->is_int64() || cost->is_uint64() || cost->is_double());
-  FUZZ_CHECK(info->usage->cost_usd.has_value() == cost_is_number);
+  // Billing keeps a cost only when it is a number in [0, $1,000,000] (wire.cpp usage_cost); well
+  // inside that range every number is kept, outside it none is.
+  double usd = cost_is_number ? cost->to_number<double>() : -1;
+  if (info->usage->cost_usd) FUZZ_CHECK(cost_is_number && usd >= 0);
+  if (cost_is_number && usd >= 0 && usd < 999'999) FUZZ_CHECK(info->usage->cost_usd.has_value());
+  if (!cost_is_number || usd < 0 || usd > 1'000'001) FUZZ_CHECK(!info->usage->cost_usd);
 }
 
 }  // namespace

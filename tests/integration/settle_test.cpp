@@ -14,6 +14,7 @@
 #include <future>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace tollgate;
@@ -250,7 +251,9 @@ TEST_CASE("settle: a batch Redis answers after the deadline is sent again and co
   auto k = key_for(a);
   auto batch = admitted(fx, k, 3);
 
-  // Redis holds every client's commands for 150 ms (CLIENT PAUSE): the batch gets no answer
+  // Redis holds every client's scripts for 150 ms (CLIENT PAUSE … WRITE, ended by CLIENT UNPAUSE
+  // from another connection: a pause left to end by itself ends at Redis' next 100 ms cron tick,
+  // 150 or 250 ms, which made the second attempt's deadline a coin toss): the batch gets no answer
   // within its 100 ms deadline, the connection is dropped, and Redis discards the unanswered
   // command with its client. Only the second attempt, on a new connection, settles.
   // Redis notices a pause's end only at its next cron tick: at the default hz 10, CLIENT PAUSE 150
@@ -276,15 +279,22 @@ TEST_CASE("settle: a batch Redis answers after the deadline is sent again and co
     }
   } hz(fx.sync);
   {
-    std::vector<std::string> argv{"CLIENT", "PAUSE", "150"};
+    std::vector<std::string> argv{"CLIENT", "PAUSE", "2000", "WRITE"};
     auto r = fx.sync.command(argv);
     REQUIRE(r);
     REQUIRE(r->str == "OK");
   }
+  std::thread unpause([] {
+    std::this_thread::sleep_for(150ms);
+    RedisSyncClient other(parse_redis_url(redis_url()), 2000ms);
+    std::vector<std::string> argv{"CLIENT", "UNPAUSE"};
+    other.command(argv);
+  });
   const auto t0 = std::chrono::steady_clock::now();
   for (const auto& s : batch) fx.admitter.settle(s);
   fx.run_until_settled(3);
   const auto waited = std::chrono::steady_clock::now() - t0;
+  unpause.join();
   CHECK(waited >= 100ms);  // the first attempt did time out
 
   AccountKeys ak(a);
@@ -292,4 +302,42 @@ TEST_CASE("settle: a batch Redis answers after the deadline is sent again and co
   CHECK(count(fx.sync, "ZCARD", ak.holds) == 0);
   CHECK(field(fx.sync, ak.balance, "pending") == 7 + 8 + 9);
   CHECK(field(fx.sync, "tg:{" + a + "}:k:" + k.key_id + ":tokens_per_minute", "t") == 20 + 21 + 22);
+}
+
+TEST_CASE("admission: a hold placed by a script answered after the deadline is released") {
+  Fixture fx;
+  fx.cfg.timeout = 50ms;  // the default admission deadline
+  const std::string a = random_id();
+  fx.fund(a, 10'000'000);
+  auto k = key_for(a);
+  AccountKeys ak(a);
+  const std::string window = "tg:{" + a + "}:k:" + k.key_id + ":tokens_per_minute";
+  REQUIRE(fx.admit(k, "warm-" + random_id(), 1, 1).verdict == Verdict::admitted);  // scripts loaded
+  const std::int64_t held_before = field(fx.sync, ak.balance, "held");
+  const std::int64_t tokens_before = field(fx.sync, window, "t");
+
+  // Another client keeps Redis busy in a script for 200 ms: the admission is written, gets no
+  // answer within its 50 ms, and Redis runs it when the busy script ends, holding 5,000.
+  std::thread busy([] {
+    RedisSyncClient other{parse_redis_url(redis_url()), 2000ms};
+    std::vector<std::string> argv{"EVAL",
+      "local t0 = redis.call('TIME') repeat local t = redis.call('TIME') "
+      "until (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > 200000 return 1", "0"};
+    other.command(argv);
+  });
+  std::this_thread::sleep_for(20ms);
+  const std::string rid = "late-" + random_id();
+  auto adm = fx.admit(k, rid, 5000, 100);
+  busy.join();
+  CHECK(adm.verdict == Verdict::unavailable);
+  // The loop runs on until the release (a settle without charge, sent after the admission)
+  // is answered; it is not counted as a settled request.
+  for (auto until = std::chrono::steady_clock::now() + 500ms; std::chrono::steady_clock::now() < until;) {
+    fx.ioc.restart();
+    fx.ioc.run_for(10ms);
+  }
+  CHECK(fx.settled_batches.empty());
+  CHECK(field(fx.sync, ak.balance, "held") == held_before);
+  CHECK(count(fx.sync, "ZCARD", ak.holds) == 1);  // the warm-up's hold only
+  CHECK(field(fx.sync, window, "t") == tokens_before);
 }

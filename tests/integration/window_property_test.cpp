@@ -46,22 +46,42 @@ std::vector<Arrival> arrivals(std::mt19937_64& rng, std::int64_t window, std::in
   return out;
 }
 
-/// Runs admit.lua for one window; returns which arrivals were admitted.
+/// admit.lua's ARGV for `n` requests at time `t` against one window (hold 0, no overdraft).
+std::vector<std::string> admit_args(const std::string& tag, std::int64_t t, std::int64_t limit, std::int64_t window,
+                                    int buckets, const std::vector<std::pair<std::string, std::int64_t>>& requests) {
+  AccountKeys ak(tag);
+  std::vector<std::string> argv{"EVAL", script_source(script_admit), "4", ak.balance, ak.holds, ak.hold_amounts,
+                                "tg:{" + tag + "}:a:prop", std::to_string(t), "600000", "1",
+                                std::to_string(window), std::to_string(buckets)};
+  for (const auto& [rid, cost] : requests) {
+    for (const std::string& v : {rid, std::string("0"), std::string("0"), std::string("1"), std::string("1"),
+                                 std::to_string(limit), std::to_string(cost)})
+      argv.push_back(v);
+  }
+  return argv;
+}
+
+/// Runs admit.lua for one window; returns which arrivals were admitted. `batched`: arrivals at
+/// the same time go in one call (as one event-loop turn's admissions do), else one call each.
 std::vector<bool> run_script(RedisSyncClient& redis, const std::string& tag, const std::vector<Arrival>& as,
-                             std::int64_t limit, std::int64_t window, int buckets) {
+                             std::int64_t limit, std::int64_t window, int buckets, bool batched = false) {
   AccountKeys ak(tag);
   std::string wkey = "tg:{" + tag + "}:a:prop";
   REQUIRE(redis.command({"HSET", ak.balance, "credits", "1000000000000", "version", "1"}));
   std::vector<bool> admitted;
-  int n = 0;
-  for (const auto& a : as) {
-    auto r = redis.command({"EVAL", script_source(script_admit), "4", ak.balance, ak.holds, ak.hold_amounts, wkey,
-                            std::to_string(a.t), "r" + std::to_string(n++), "0", "600000", "0", "1",
-                            std::to_string(limit), std::to_string(window), std::to_string(buckets),
-                            std::to_string(a.cost)});
+  for (std::size_t i = 0; i < as.size();) {
+    std::vector<std::pair<std::string, std::int64_t>> requests;
+    std::size_t j = i;
+    do {
+      requests.emplace_back("r" + std::to_string(j), as[j].cost);
+      ++j;
+    } while (batched && j < as.size() && as[j].t == as[i].t);
+    auto r = redis.command(admit_args(tag, as[i].t, limit, window, buckets, requests));
     REQUIRE(r);
     REQUIRE(r->type == RedisReply::Type::array);
-    admitted.push_back(r->elements.at(0).integer == 0);
+    REQUIRE(r->elements.size() == requests.size());
+    for (const auto& one : r->elements) admitted.push_back(one.elements.at(0).integer == 0);
+    i = j;
   }
   auto len = redis.command({"HLEN", wkey});
   REQUIRE(len);
@@ -122,6 +142,24 @@ TEST_CASE("sliding windows: zero over-admission, refusals only within one bucket
   CHECK(total_ours > 0);
 }
 
+TEST_CASE("sliding windows: a batch decides exactly as the same requests one call each") {
+  RedisSyncClient redis(redis_url(), std::chrono::seconds(2));
+  std::mt19937_64 rng(20261128);
+  std::size_t batched_arrivals = 0;
+  for (int round = 0; round < 12; ++round) {
+    std::int64_t window = round % 2 == 0 ? 60'000 : 6'000;
+    bool tokens = round % 3 == 1;
+    std::int64_t limit = tokens ? 500 : 10 + static_cast<std::int64_t>(rng() % 40);
+    auto as = arrivals(rng, window, window / 60, tokens ? 60 : 1);
+    for (std::size_t i = 1; i < as.size(); ++i) batched_arrivals += as[i].t == as[i - 1].t;
+    auto one_by_one = run_script(redis, "seq" + std::to_string(rng()), as, limit, window, 60, false);
+    auto batched = run_script(redis, "bat" + std::to_string(rng()), as, limit, window, 60, true);
+    INFO("round " << round);
+    CHECK(batched == one_by_one);
+  }
+  CHECK(batched_arrivals > 100);  // the arrivals do come in bursts at one time
+}
+
 TEST_CASE("sliding windows at saturation admit at least N·B/(B+1) per window") {
   RedisSyncClient redis(redis_url(), std::chrono::seconds(2));
   const int buckets = 60;
@@ -137,4 +175,34 @@ TEST_CASE("sliding windows at saturation admit at least N·B/(B+1) per window") 
                       << 100.0 * (limit - per_window) / limit << " % under)");
   CHECK(per_window <= limit);
   CHECK(per_window >= static_cast<double>(limit) * buckets / (buckets + 1) - 1);
+}
+
+TEST_CASE("sliding windows: buckets expired by a refused request stay expired") {
+  // 5 admitted at t0 fill a window of 5 (1 min, 60 buckets); one more is refused at t0 + 50 s.
+  // At t0 + 62 s (PEXPIRE runs on Redis' own clock, so the hash is still there) a request
+  // refused for its balance expires the full bucket; the next request must see an empty window,
+  // not the stale total of 5.
+  RedisSyncClient redis(redis_url(), std::chrono::seconds(2));
+  const std::string tag = "stale" + std::to_string(std::random_device{}());
+  AccountKeys ak(tag);
+  const std::string wkey = "tg:{" + tag + "}:a:stale";
+  auto admit = [&](std::int64_t t, const std::string& rid) {
+    std::vector<std::string> argv{"EVAL", script_source(script_admit), "4", ak.balance, ak.holds, ak.hold_amounts,
+                                  wkey, std::to_string(t), "600000", "1", "60000", "60",
+                                  rid, "1", "0", "1", "1", "5", "1"};
+    auto r = redis.command(argv);
+    REQUIRE(r);
+    REQUIRE(r->type == RedisReply::Type::array);
+    return r->elements.at(0).elements.at(0).integer;  // 0 admitted, 1 rate limited, 2 insufficient balance
+  };
+  REQUIRE(redis.command({"HSET", ak.balance, "credits", "1000000", "version", "1"}));
+  const std::int64_t t0 = 1'900'000'000'000;
+  for (int i = 0; i < 5; ++i) REQUIRE(admit(t0, "a" + std::to_string(i)) == 0);
+  CHECK(admit(t0 + 1, "full") == 1);
+  CHECK(admit(t0 + 50'000, "still full") == 1);
+  REQUIRE(redis.command({"HSET", ak.balance, "credits", "0", "held", "0"}));
+  CHECK(admit(t0 + 62'000, "poor") == 2);
+  REQUIRE(redis.command({"HSET", ak.balance, "credits", "1000000"}));
+  CHECK(admit(t0 + 62'001, "after") == 0);
+  redis.command({"DEL", wkey, ak.balance, ak.holds, ak.hold_amounts});
 }

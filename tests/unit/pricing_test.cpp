@@ -65,3 +65,34 @@ TEST_CASE("negative markup (discount) and rounding at exact boundaries") {
   CHECK(s.charge("m", 2'000'002).charge == 2);  // 1.000001 → 2
   CHECK(s.charge("m", 0).charge == 0);
 }
+
+TEST_CASE("hostile amounts: token cost and charge saturate at USD 1,000,000 and are never negative") {
+  auto s = snapshot({{"*", 99'999'99, max_request_micros, 0}});  // markup 99,999.99 %, min cost at the bound
+  const ModelPrice dear{INT64_MAX, INT64_MAX, 0};                // 9.2 million USD per token
+  CHECK(PricingSnapshot::token_cost(dear, INT64_MAX, INT64_MAX) == max_request_picos);
+  CHECK(PricingSnapshot::token_cost(dear, -1, -1) == 0);
+  CHECK(PricingSnapshot::token_cost({-5, -5, 0}, 10, 10) == 0);
+  const ModelPrice* p = s.price("openai/gpt-4o-mini");
+  // 10^12 tokens (what a hostile upstream may report) at $0.60 per million: $600,000, exact.
+  CHECK(PricingSnapshot::token_cost(*p, 0, 1'000'000'000'000) == 600'000'000'000'000'000);
+  auto c = s.charge("m", PricingSnapshot::token_cost(dear, INT64_MAX, INT64_MAX));
+  CHECK(c.cost == max_request_micros);
+  CHECK(c.charge == max_request_micros);
+  c = s.charge("m", INT64_MAX);
+  CHECK(c.cost == max_request_micros);
+  CHECK(c.charge == max_request_micros);
+  auto plain = snapshot({});
+  c = plain.charge("m", -1'000'000'000);  // a negative cost (a hostile usage.cost) is 0
+  CHECK(c.cost == 0);
+  CHECK(c.charge == 0);
+  c = plain.charge("m", INT64_MIN);
+  CHECK(c.cost == 0);
+  CHECK(c.charge == 0);
+  auto below = snapshot({{"*", -20'000, 0, 0}});  // -200 %: CHECK'd away in SQL, 0 here
+  CHECK(below.charge("m", 5'000'000).charge == 0);
+  auto huge_min = snapshot({{"*", 0, INT64_MAX, 0}});
+  CHECK(huge_min.charge("m", 1).charge == max_request_micros);
+  // The bound survives later sums: exact in Redis' Lua (doubles), far inside NUMERIC(18,6).
+  CHECK(static_cast<Micros>(static_cast<double>(max_request_micros) * 1000) == max_request_micros * 1000);
+  CHECK(max_request_micros * 1000 < 1'000'000'000'000'000'000);  // 1,000 of them: below 10^12 USD
+}

@@ -3,6 +3,9 @@
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
 
+#include <cstdint>
+#include <limits>
+
 using namespace tollgate::wire;
 
 namespace {
@@ -129,9 +132,11 @@ TEST_CASE("a usage.cost that is not exactly a JSON number is no cost") {
     CAPTURE(bad);
     CHECK_FALSE((d && d->usage && d->usage->cost_usd));
   }
-  auto e = inspect_json(R"({"usage":{"cost":-0.5e-3 }})");
+  auto e = inspect_json(R"({"usage":{"cost":0.5e-3 }})");
   REQUIRE((e && e->usage && e->usage->cost_usd));
-  CHECK(*e->usage->cost_usd == "-0.5e-3");
+  CHECK(*e->usage->cost_usd == "0.5e-3");
+  auto n = inspect_json(R"({"usage":{"cost":-0.5e-3 }})");  // a negative cost is ignored (billing edges)
+  CHECK_FALSE((n && n->usage && n->usage->cost_usd));
 }
 
 TEST_CASE("usage extraction from a response and from the final stream chunk") {
@@ -176,4 +181,52 @@ TEST_CASE("error body is the OpenAI envelope") {
   CHECK(v["error"].as_object()["type"].as_string() == "invalid_request_error");
   CHECK(v["error"].as_object()["code"].as_string() == "x");
   CHECK(v["error"].as_object()["param"].is_null());
+}
+
+TEST_CASE("hostile usage: huge, negative, fractional and non-numeric token counts are clamped") {
+  auto usage_of = [](std::string usage_json) {
+    auto info = inspect_json(R"({"id":"g","choices":[],"usage":)" + usage_json + "}");
+    REQUIRE(info);
+    REQUIRE(info->usage);
+    return *info->usage;
+  };
+  constexpr std::int64_t max = Usage::max_tokens;
+  auto u = usage_of(R"({"prompt_tokens":1000000000000,"completion_tokens":-5})");  // 10^12, negative
+  CHECK(u.prompt_tokens == max);
+  CHECK(u.completion_tokens == 0);
+  u = usage_of(R"({"prompt_tokens":123456789012345678901234567890,"completion_tokens":-123456789012345678901234567890})");
+  CHECK(u.prompt_tokens == max);  // 30 digits: beyond int64 and double precision
+  CHECK(u.completion_tokens == 0);
+  u = usage_of(R"({"prompt_tokens":12.5,"completion_tokens":1e3})");  // rounded up, exactly
+  CHECK(u.prompt_tokens == 13);
+  CHECK(u.completion_tokens == 1000);
+  u = usage_of(R"({"prompt_tokens":1e400,"completion_tokens":-0.5})");
+  CHECK(u.prompt_tokens == max);
+  CHECK(u.completion_tokens == 0);
+  u = usage_of(R"({"prompt_tokens":"12","completion_tokens":null})");  // not numbers: absent
+  CHECK(u.prompt_tokens == 0);
+  CHECK(u.completion_tokens == 0);
+  u = usage_of(R"({"prompt_tokens":9223372036854775807,"completion_tokens":1000000000})");
+  CHECK(u.prompt_tokens == max);
+  CHECK(u.completion_tokens == max);
+  // Both at the maximum still fit usage_logs' int4 total_tokens.
+  CHECK(2 * max <= std::numeric_limits<std::int32_t>::max());
+}
+
+TEST_CASE("hostile usage: a negative, oversized or non-numeric cost is not believed") {
+  auto cost_of = [](std::string cost_json) {
+    auto info = inspect_json(R"({"usage":{"prompt_tokens":1,"completion_tokens":1,"cost":)" + cost_json + "}}");
+    REQUIRE(info);
+    REQUIRE(info->usage);
+    return info->usage->cost_usd;
+  };
+  CHECK(cost_of("0.00042") == std::optional<std::string>("0.00042"));
+  CHECK(cost_of("0") == std::optional<std::string>("0"));
+  CHECK(cost_of("1000000") == std::optional<std::string>("1000000"));  // USD 1,000,000: the bound
+  CHECK_FALSE(cost_of("1000000.000000000001"));
+  CHECK_FALSE(cost_of("123456789012345678901234567890"));  // 30 digits
+  CHECK_FALSE(cost_of("-0.5"));
+  CHECK_FALSE(cost_of(R"("0.1")"));
+  CHECK_FALSE(cost_of("null"));
+  CHECK_FALSE(cost_of("1e400"));
 }

@@ -1,0 +1,58 @@
+#include "proxy/record.hpp"
+
+#include <boost/json.hpp>
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace tollgate {
+
+std::optional<Recorded> record(App& app, const RequestCtx& ctx, const Outcome& out) {
+  if (!out.reached_upstream) return std::nullopt;
+  if (out.client_aborted) ++app.metrics.client_aborts;  // counted once, whichever write failed
+  sql::UsageRecord r;
+  r.request_id = ctx.request_id;
+  r.user_id = ctx.key->user_id;
+  r.api_key_id = ctx.key->key_id;
+  r.model = ctx.req.model;
+  r.created_at_us = ctx.started_us;
+  std::optional<pricing::Picos> reported_cost;
+  if (out.usage && !out.undelivered_output) {
+    r.prompt_tokens = out.usage->prompt_tokens;
+    r.completion_tokens = out.usage->completion_tokens;
+    if (app.cfg.cost_from_upstream && out.usage->cost_usd)
+      reported_cost = pricing::parse_decimal(*out.usage->cost_usd, 12);
+  } else if (out.delivered_chunks > 0) {
+    // The stream ended without a usage chunk (client abort, upstream cut), or the client left
+    // before output the usage counts reached it: bill what was delivered — one token per
+    // content chunk, and the prompt as the upstream counted it, else at ~4 bytes per token.
+    r.prompt_tokens = out.usage ? out.usage->prompt_tokens : static_cast<std::int64_t>((ctx.body.size() + 3) / 4);
+    r.completion_tokens = std::min(out.delivered_chunks, wire::Usage::max_tokens);
+  }
+  if (out.client_aborted) r.status = "client_aborted";
+  else if (out.upstream_aborted) r.status = "upstream_aborted";
+  else if (out.midstream_error) r.status = "upstream_error";
+  else if (out.status >= 200 && out.status < 300) r.status = "success";
+  else r.status = "upstream_error";
+  if (r.prompt_tokens > 0 || r.completion_tokens > 0 || reported_cost) {
+    pricing::Picos cost = reported_cost ? *reported_cost
+                                        : pricing::PricingSnapshot::token_cost(*ctx.price, r.prompt_tokens,
+                                                                               r.completion_tokens);
+    auto c = ctx.pricing->charge(ctx.req.model, cost);
+    r.cost = c.cost;
+    r.charge = c.charge;
+  }
+  r.request_metadata_json = fmt::format(
+      R"({{"endpoint":"{}","stream":{},"max_tokens":{},"body_bytes":{}}})", ctx.upstream_path,
+      ctx.req.stream, ctx.req.max_tokens ? std::to_string(*ctx.req.max_tokens) : "null", ctx.body.size());
+  r.response_metadata_json = fmt::format(
+      R"({{"status_code":{},"generation_id":{},"finish_reason":{},"delivered_chunks":{},"usage_reported":{},"duration_us":{}}})",
+      out.status, out.generation_id ? boost::json::serialize(boost::json::string(*out.generation_id)) : "null",
+      out.finish_reason ? boost::json::serialize(boost::json::string(*out.finish_reason)) : "null",
+      out.delivered_chunks, out.usage.has_value(), unix_now_us() - ctx.started_us);
+  Recorded done{r.charge, r.prompt_tokens + r.completion_tokens};
+  app.usage.append(std::move(r));
+  return done;
+}
+
+}  // namespace tollgate
