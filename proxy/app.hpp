@@ -34,6 +34,7 @@ struct Metrics {
   std::atomic<std::uint64_t> header_timeouts{0}, body_timeouts{0};
   std::atomic<std::uint64_t> shed_overloaded{0};       ///< 503 overloaded: the event loop's queue was full
   std::atomic<std::uint64_t> connections_refused_total{0}, connections_refused_per_address{0};
+  std::atomic<std::uint64_t> accept_out_of_descriptors{0};  ///< accept(2) failed with EMFILE/ENFILE
   std::atomic<std::uint64_t> session_failures{0};      ///< connections ended by an exception (logged)
 };
 
@@ -47,6 +48,9 @@ struct App {
   boost::asio::ssl::context& upstream_tls;
   Metrics metrics;
   ConnectionLimiter connections{cfg.max_connections, cfg.max_connections_per_address};
+  /// A graceful stop has begun (SIGTERM): responses say `Connection: close`, and streams cut at
+  /// the drain deadline say so in their error event.
+  std::atomic<bool> stopping{false};
 };
 
 }  // namespace tollgate

@@ -61,6 +61,7 @@ Config Config::load(const std::optional<std::string>& path) {
     get(t, "server.max_connections", c.max_connections);
     get(t, "server.max_connections_per_address", c.max_connections_per_address);
     get(t, "server.max_queued_requests", c.max_queued_requests);
+    get_ms(t, "server.drain_timeout_ms", c.drain_timeout);
     get(t, "database.url", c.database_url);
     get(t, "database.lookup_threads", c.lookup_threads);
     get(t, "redis.url", c.redis_url);
@@ -78,6 +79,8 @@ Config Config::load(const std::optional<std::string>& path) {
     get_ms(t, "upstream.response_timeout_ms", c.upstream_response_timeout);
     get_ms(t, "upstream.idle_timeout_ms", c.upstream_idle_timeout);
     get(t, "upstream.max_idle_connections", c.upstream_max_idle_connections);
+    get(t, "upstream.max_response_bytes", c.upstream_max_response_bytes);
+    get(t, "upstream.max_event_bytes", c.upstream_max_event_bytes);
     std::string cost_source = "prices";
     get(t, "billing.cost_source", cost_source);
     if (cost_source != "prices" && cost_source != "upstream")
@@ -100,6 +103,7 @@ Config Config::load(const std::optional<std::string>& path) {
   if (const char* v = std::getenv("TOLLGATE_UPSTREAM_URL")) c.upstream_url_text = v;
   if (const char* v = std::getenv("TOLLGATE_UPSTREAM_KEY")) c.upstream_key = v;
   if (const char* v = std::getenv("TOLLGATE_JOURNAL_DIR")) c.journal_dir = v;
+  if (const char* v = std::getenv("TOLLGATE_DRAIN_TIMEOUT_MS")) c.drain_timeout = std::chrono::milliseconds(std::atoll(v));
   if (const char* v = std::getenv("TOLLGATE_ADMISSION_TIMEOUT_MS")) c.admission.timeout = std::chrono::milliseconds(std::atoi(v));
   if (const char* v = std::getenv("TOLLGATE_ADMISSION")) {  // "off" | "closed" | "open"
     std::string m = v;
@@ -119,6 +123,8 @@ Config Config::load(const std::optional<std::string>& path) {
     if (ms.count() < 1) throw std::invalid_argument(std::string(name) + " must be >= 1");
   if (c.max_requests_per_connection < 1) throw std::invalid_argument("server.max_requests_per_connection must be >= 1");
   if (c.max_connections < 1) throw std::invalid_argument("server.max_connections must be >= 1");
+  if (c.drain_timeout.count() < 0) throw std::invalid_argument("server.drain_timeout_ms must be >= 0");
+  if (c.upstream_max_event_bytes < 1024) throw std::invalid_argument("upstream.max_event_bytes must be >= 1024");
   if (c.max_queued_requests < 1) throw std::invalid_argument("server.max_queued_requests must be >= 1");
   if (c.default_max_tokens < 1) throw std::invalid_argument("billing.default_max_tokens must be >= 1");
   return c;

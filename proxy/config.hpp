@@ -45,6 +45,11 @@ struct Config {
   /// Per event loop: requests read but not yet forwarded (authenticating, reading the body,
   /// waiting for admission). Above it a request is shed at once: 503 `overloaded`.
   std::size_t max_queued_requests = 1024;
+  /// On SIGTERM/SIGINT: stop accepting, let requests in flight finish for up to this long, then
+  /// cut what is left (each cut stream ends with an error event and is billed for what was
+  /// delivered), flush settles and usage records, exit 0. Deploy units give the process at
+  /// least this plus 10 s before SIGKILL (deploy/systemd/tollgate.service: TimeoutStopSec=40).
+  std::chrono::milliseconds drain_timeout{30'000};
   // [database]
   std::string database_url = "postgresql://tollgate@127.0.0.1:5432/tollgate";
   int lookup_threads = 4;                           ///< blocking Postgres lookups (cache misses)
@@ -59,7 +64,11 @@ struct Config {
   std::chrono::milliseconds upstream_response_timeout{600'000};  ///< to the response headers
   std::chrono::milliseconds upstream_idle_timeout{300'000};      ///< between body reads
   std::size_t upstream_max_idle_connections = 64;   ///< per thread
-  std::uint64_t upstream_max_response_bytes = 64ull << 20;
+  std::uint64_t upstream_max_response_bytes = 64ull << 20;  ///< a non-streamed body; streams have no total cap
+  /// The largest single SSE event of a streamed response (a Responses API `response.completed`
+  /// carries the whole output). A stream is not capped in total, only per event: a longer event
+  /// cuts the stream with an error event.
+  std::size_t upstream_max_event_bytes = 16ull << 20;
   // [billing]
   bool cost_from_upstream = false;  ///< true: bill usage.cost; false: model_prices × tokens
   std::int64_t default_max_tokens = 4096;  ///< cap sent upstream when the client sets none

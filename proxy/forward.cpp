@@ -149,6 +149,28 @@ awaitable<bool> send_batch(beast::tcp_stream& client, std::string_view head, con
   co_return false;
 }
 
+/// Why a stream ended before the upstream finished it.
+enum class StreamCut { none, lost, idle, event_too_large, shutdown };
+
+/// The error event's data for a cut stream (OpenAI's envelope, as OpenRouter's mid-stream
+/// errors are relayed).
+std::string cut_error_body(StreamCut cut) {
+  switch (cut) {
+    case StreamCut::idle:
+      return wire::error_body("The upstream sent nothing for too long; the stream was cut.", "upstream_error",
+                              "upstream_timeout");
+    case StreamCut::event_too_large:
+      return wire::error_body("The upstream sent an event larger than this gateway accepts; the stream was cut.",
+                              "upstream_error", "upstream_event_too_large");
+    case StreamCut::shutdown:
+      return wire::error_body("The gateway is restarting; the stream was cut. What was delivered is billed.",
+                              "service_unavailable", "server_shutting_down");
+    default:
+      return wire::error_body("The upstream connection was lost mid-stream.", "upstream_error",
+                              "upstream_disconnected");
+  }
+}
+
 template <class Stream>
 awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, beast::tcp_stream& client,
                                       const std::string& fixed_fields, App& app, RequestCtx& ctx, Outcome& out,
@@ -230,8 +252,11 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
     if (!co_await send_batch(client, head_bytes, batch, out)) co_return beast::error_code{};
     head_sent = true;
   }
+  // A stream has no total size limit (a 100,000-token answer is ~14 MiB of SSE); one event is
+  // limited to upstream_max_event_bytes.
+  bp.body_limit(boost::none);
   wire::SseSplitter splitter;
-  std::string to_send;
+  StreamCut cut = StreamCut::none;
   char buf[UpstreamConnection::read_size];
   while (!bp.is_done()) {
     bp.get().body().data = buf;
@@ -241,7 +266,7 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
     if (ec == http::error::need_buffer) ec = {};
     if (!ec) ec = parse_buffered(bp, upbuf);
     if (ec) {
-      out.upstream_aborted = true;
+      cut = app.stopping ? StreamCut::shutdown : ec == beast::error::timeout ? StreamCut::idle : StreamCut::lost;
       spdlog::warn("{}: upstream stream ended early: {}", ctx.request_id, ec.message());
       break;
     }
@@ -249,26 +274,33 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
     batch.clear();
     splitter.feed(std::string_view(buf, got),
                   [&](std::string_view ev) { relay_event(ev, ctx, cfg.upstream_key, out, batch); });
-    if (batch.bytes.empty() && head_sent) continue;
-    if (!co_await send_batch(client, head_sent ? std::string_view{} : head_bytes, batch, out))
-      co_return beast::error_code{};
-    head_sent = true;
-  }
-  if (!head_sent) {
-    auto [wec, wn] = co_await net::async_write(client, net::buffer(head_bytes), tuple_awaitable);
-    if (wec) {
-      out.client_aborted = true;
-      co_return beast::error_code{};
+    if (splitter.pending().size() > cfg.upstream_max_event_bytes) {
+      cut = StreamCut::event_too_large;
+      spdlog::warn("{}: upstream SSE event over {} bytes: stream cut", ctx.request_id, cfg.upstream_max_event_bytes);
     }
+    if (!batch.bytes.empty() || !head_sent) {
+      if (!co_await send_batch(client, head_sent ? std::string_view{} : head_bytes, batch, out))
+        co_return beast::error_code{};
+      head_sent = true;
+    }
+    if (cut != StreamCut::none) break;
   }
-  to_send.assign(splitter.pending());  // an unterminated last event, passed through as is
-  if (out.upstream_aborted)
-    to_send += "data: " + wire::error_body("The upstream connection was lost mid-stream.", "upstream_error",
-                                           "upstream_disconnected") + "\n\n";
-  if (!to_send.empty()) {
-    auto [wec, wn] = co_await net::async_write(client, http::make_chunk(net::buffer(to_send)), tuple_awaitable);
-    if (wec) out.client_aborted = true;
+  batch.clear();
+  if (cut == StreamCut::none) {
+    // An unterminated last event is ended here, so it is relayed (and billed) as a whole event.
+    if (!splitter.pending().empty())
+      splitter.feed("\n\n", [&](std::string_view ev) { relay_event(ev, ctx, cfg.upstream_key, out, batch); });
+  } else {
+    // A cut stream ends with a well-formed error event; a half-received event is dropped, never
+    // glued to it.
+    out.upstream_aborted = true;
+    batch.bytes += "data: ";
+    batch.bytes += cut_error_body(cut);
+    batch.bytes += "\n\n";
   }
+  if ((!batch.bytes.empty() || !head_sent) &&
+      !co_await send_batch(client, head_sent ? std::string_view{} : head_bytes, batch, out))
+    co_return beast::error_code{};
   if (!out.client_aborted) {
     auto [wec, wn] = co_await net::async_write(client, http::make_chunk_last(), tuple_awaitable);
     if (wec) out.client_aborted = true;
@@ -292,6 +324,7 @@ awaitable<bool> forward(beast::tcp_stream& client, App& app, UpstreamPool& pool,
   }
   bool reusable = false;
   if (conn) {
+    auto registered = pool.in_use(*conn);  // a graceful stop's deadline can cut it
     ec = co_await std::visit(
         [&](auto& s) { return exchange(s, conn->buffer, client, pool.fixed_fields(), app, ctx, out, reusable); },
         conn->stream);

@@ -16,6 +16,8 @@
 #include <spdlog/spdlog.h>
 
 #include <csignal>
+
+#include <sys/resource.h>
 #include <sstream>
 #include <fstream>
 #include <iostream>
@@ -56,8 +58,30 @@ void load_key_filter(sql::PgConn& db, keys::KeyFilter& filter) {
                std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count());
 }
 
+/// Raises the soft limit on open files to the hard limit (as Go's runtime and nginx's
+/// worker_rlimit_nofile do): every connection costs a descriptor, and the default soft limit
+/// (1,024) is far below max_connections. At the limit, accept backs off (server.cpp).
+void raise_open_file_limit() {
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur >= lim.rlim_max) return;
+  rlim_t was = lim.rlim_cur;
+  lim.rlim_cur = lim.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &lim) == 0)
+    spdlog::info("open file limit raised from {} to {}", was, lim.rlim_cur);
+}
+
 int serve(const Config& cfg, const std::optional<std::string>& port_file,
           const std::optional<std::string>& admin_port_file) {
+  // Block SIGTERM and SIGINT before any thread starts (the NOTIFY listener, the usage writer,
+  // the lookup pool, the event loops): threads inherit the mask, so the signals reach only the
+  // signal thread's sigwait() below and the graceful stop runs.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+  raise_open_file_limit();
   {
     sql::PgConn db(cfg.database_url);  // fail fast with a clear message if Postgres is down
     if (db.exec("SELECT 1 FROM pg_tables WHERE tablename = 'schema_migrations'").rows() == 0)
@@ -114,18 +138,13 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file,
   App app{cfg, key_cache, key_filter, pricing, lookups, usage, tls, {}};
   Server server(app);
 
-  // Signals are taken by a dedicated thread so the stop sequence can block.
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  std::signal(SIGPIPE, SIG_IGN);
+  // Signals are taken by a dedicated thread (blocked since the start of serve()) so the stop
+  // sequence can block.
   std::thread signals([&] {
     int sig = 0;
-    sigwait(&set, &sig);
-    spdlog::info("signal {}: stopping (in-flight requests get up to 10 s)", sig);
-    server.stop();
+    sigwait(&stop_signals, &sig);
+    spdlog::info("signal {}: stopping; requests in flight get up to {} ms", sig, cfg.drain_timeout.count());
+    server.stop(cfg.drain_timeout);
   });
 
   spdlog::info("tollgate listening on {}:{} → upstream {}://{}:{}{}; admin on {}:{}", cfg.listen_host, server.port(),
@@ -139,7 +158,7 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file,
   signals.join();
   lookups.stop();
   listener.stop();
-  usage.stop(std::chrono::seconds(5));
+  usage.stop(std::chrono::seconds(10));  // what Postgres cannot take now stays in the journal
   auto s = usage.stats();
   spdlog::info("stopped: {} usage record(s) committed, {} left in the journal for replay", s.committed, s.queued);
   return 0;

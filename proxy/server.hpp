@@ -20,9 +20,12 @@ class Server {
   std::uint16_t admin_port() const;
   /// Serves until stop(); blocks the calling thread (which becomes one of the event loops).
   void run();
-  /// Stops accepting, lets in-flight requests finish for up to `grace`, then stops the loops.
-  /// Safe to call from any thread, e.g. a signal handler's.
-  void stop(std::chrono::milliseconds grace = std::chrono::seconds(10));
+  /// Graceful stop: stops accepting (responses from now on say `Connection: close`), lets
+  /// requests in flight finish for up to `grace` (server.drain_timeout_ms), then cuts the
+  /// upstream connections still in use — each cut stream ends with an error event and is
+  /// recorded and settled — waits up to 5 s more for that, and stops the event loops. Blocks;
+  /// safe to call from any thread (the signal thread calls it).
+  void stop(std::chrono::milliseconds grace);
 
  private:
   struct Worker;

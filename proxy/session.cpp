@@ -271,7 +271,7 @@ awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& bu
   ++app.metrics.requests;
   RequestCtx ctx;
   const auto& h = parser.header();
-  ctx.client_keep_alive = parser.keep_alive() && !last;
+  ctx.client_keep_alive = parser.keep_alive() && !last && !app.stopping;  // a graceful stop closes
   // A body we do not read leaves the connection mid-message: close it after answering.
   bool keep_alive = ctx.client_keep_alive && !parser.has_body();
   std::string_view target(h.target().data(), h.target().size());

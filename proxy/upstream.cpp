@@ -66,6 +66,13 @@ net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamPool::connect() {
   co_return std::make_unique<UpstreamConnection>(std::move(tls));
 }
 
+void UpstreamPool::cut_all() {
+  for (auto* c : in_use_) {
+    beast::error_code ec;
+    c->lowest().socket().close(ec);  // pending operations complete with operation_aborted
+  }
+}
+
 void UpstreamPool::release(std::unique_ptr<UpstreamConnection> c) {
   if (idle_.size() >= cfg_.upstream_max_idle_connections) return;  // closes it
   c->lowest().expires_never();

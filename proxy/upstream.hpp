@@ -16,6 +16,7 @@
 
 #include <memory>
 #include <string>
+#include <unordered_set>
 #include <variant>
 #include <vector>
 
@@ -62,6 +63,18 @@ class UpstreamPool {
 
   std::size_t idle() const { return idle_.size(); }
 
+  /// Registers `c` as carrying a request until the returned guard dies, so that cut_all()
+  /// reaches it.
+  [[nodiscard]] auto in_use(UpstreamConnection& c) {
+    in_use_.insert(&c);
+    auto forget = [this](UpstreamConnection* p) { in_use_.erase(p); };
+    return std::unique_ptr<UpstreamConnection, decltype(forget)>(&c, forget);
+  }
+  /// Closes every connection carrying a request (a graceful stop's drain deadline): their
+  /// pending reads fail at once, so each request ends as an upstream cut — the stream gets its
+  /// error event, and the request is recorded and settled. Call on the pool's event loop.
+  void cut_all();
+
   /// The upstream request's fields that never change, each "name: value\r\n": Host,
   /// Authorization (the operator's key), Content-Type and User-Agent. Built once from the
   /// configuration, whose host and key were checked at start (no CR, LF or NUL).
@@ -74,6 +87,7 @@ class UpstreamPool {
   net::ssl::context& tls_;
   net::ip::tcp::resolver resolver_;
   std::vector<std::unique_ptr<UpstreamConnection>> idle_;
+  std::unordered_set<UpstreamConnection*> in_use_;
 };
 
 }  // namespace tollgate

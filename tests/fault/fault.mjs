@@ -11,9 +11,10 @@ import kill9 from './scenarios/kill9.mjs';
 import overspend from './scenarios/overspend.mjs';
 import pgDown from './scenarios/pg_down.mjs';
 import redisRestart from './scenarios/redis_restart.mjs';
+import sigterm from './scenarios/sigterm.mjs';
 import slowloris from './scenarios/slowloris.mjs';
 
-const all = [kill9, pgDown, redisRestart, overspend, aborts, slowloris, hostile];
+const all = [kill9, sigterm, pgDown, redisRestart, overspend, aborts, slowloris, hostile];
 
 const args = process.argv.slice(2);
 if (args.includes('--list') || args.includes('-h') || args.includes('--help')) {

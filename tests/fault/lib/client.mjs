@@ -20,7 +20,7 @@ export function chatBody(model, { stream = false, maxTokens = 16, chunks, interv
 /**
  * POSTs `body` (an object) to `${base}/v1/chat/completions` with the key. Resolves (never
  * rejects) { status (0 = no response), error, code (OpenAI error code), requestId, events
- * (SSE data events with content), ms, aborted, text }. `abortAfterEvents`: destroy the socket
+ * (SSE data events with content), ms, aborted, text (the first 4 KiB), lastEvent (SSE) }. `abortAfterEvents`: destroy the socket
  * once that many content events arrived (a client abort mid-stream). `timeoutMs`: give up.
  */
 export function send({ base, key, body, agent: ag, localAddress, timeoutMs = 30_000, abortAfterEvents, path = '/v1/chat/completions' }) {
@@ -63,6 +63,7 @@ export function send({ base, key, body, agent: ag, localAddress, timeoutMs = 30_
           pending = pending.slice(i + 2);
           if (/"(content|text)":"[^"]/.test(ev)) ++out.events;
           if (out.text.length < 4096) out.text += `${ev}\n\n`;
+          out.lastEvent = ev;
           if (abortAfterEvents && out.events >= abortAfterEvents) {
             clearTimeout(timer);
             req.destroy();
