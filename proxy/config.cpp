@@ -3,7 +3,12 @@
 #include <boost/url/parse.hpp>
 #include <toml++/toml.h>
 
+#include <fmt/format.h>
+
 #include <cstdlib>
+#include <limits>
+#include <type_traits>
+#include <utility>
 #include <stdexcept>
 
 namespace tollgate {
@@ -33,12 +38,35 @@ void split_listen(std::string& host, std::uint16_t& port, const std::string& v) 
   port = static_cast<std::uint16_t>(p);
 }
 
+std::invalid_argument wrong_type(std::string_view path, std::string_view what) {
+  return std::invalid_argument(fmt::format("{} must be {}", path, what));
+}
+
+/// Reads `path` into `out` when present; a value of another type (or out of T's range) is an
+/// error, never silently ignored nor converted. (toml++'s value<integer>() of a float converts
+/// with undefined behaviour when the float is out of range: found by fuzz_config.)
 template <class T>
 void get(const toml::table& t, std::string_view path, T& out) {
-  if (auto v = t.at_path(path).value<T>()) out = *v;
+  auto node = t.at_path(path);
+  if (!node) return;
+  if constexpr (std::is_same_v<T, bool>) {
+    if (!node.is_boolean()) throw wrong_type(path, "true or false");
+    out = *node.value_exact<bool>();
+  } else if constexpr (std::is_integral_v<T>) {
+    if (!node.is_integer()) throw wrong_type(path, "an integer");
+    std::int64_t v = *node.value_exact<std::int64_t>();
+    if (!std::in_range<T>(v))
+      throw wrong_type(path, fmt::format("an integer in [{}, {}]", std::numeric_limits<T>::min(), std::numeric_limits<T>::max()));
+    out = static_cast<T>(v);
+  } else {
+    if (!node.is_string()) throw wrong_type(path, "a string");
+    out = *node.value_exact<std::string>();
+  }
 }
 void get_ms(const toml::table& t, std::string_view path, std::chrono::milliseconds& out) {
-  if (auto v = t.at_path(path).value<std::int64_t>()) out = std::chrono::milliseconds(*v);
+  std::int64_t ms = out.count();
+  get(t, path, ms);
+  out = std::chrono::milliseconds(ms);
 }
 }  // namespace
 

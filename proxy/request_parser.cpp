@@ -285,8 +285,20 @@ std::size_t RequestParser::on_body_impl(string_view body, error_code&) {
 
 void RequestParser::on_chunk_header_impl(std::uint64_t, string_view extensions, error_code& ec) {
   ++chunk_headers_;
-  if (extensions.size() > limits_.chunk_extensions)
+  if (extensions.size() > limits_.chunk_extensions) {
     refuse(ec, 400, "bad_request", fmt::format("Chunk extensions exceed {} bytes.", limits_.chunk_extensions));
+    return;
+  }
+  // RFC 9112 §7.1.1: chunk-ext is tokens and quoted-strings, which hold no control character but
+  // HTAB. Beast 1.81 lets a bare LF (or CR, NUL) through inside a quoted string when the whole
+  // line is in one buffer (found by fuzz_request_parser).
+  for (char c : extensions) {
+    auto b = static_cast<unsigned char>(c);
+    if ((b < 0x20 && b != '\t') || b == 0x7f) {
+      refuse(ec, 400, "bad_request", "A control character in a chunk extension.");
+      return;
+    }
+  }
 }
 
 std::size_t RequestParser::on_chunk_body_impl(std::uint64_t, string_view body, error_code&) {

@@ -323,6 +323,9 @@ add('extension-name-only', chunkedChat('{chat.hex};x\r\n{chat}\r\n0\r\n\r\n'), f
 add('extension-bws', chunkedChat('{chat.hex} ;x=1\r\n{chat}\r\n0\r\n\r\n'), forwarded(), { why: 'chunk-ext = *( BWS ";" BWS name … ): BWS is valid' });
 add('extension-control-byte', chunkedChat('{chat.hex};x=a\x01b\r\n{chat}\r\n0\r\n\r\n'), reject());
 add('extension-bare-cr', chunkedChat('{chat.hex};x=a\rb\r\n{chat}\r\n0\r\n\r\n'), reject());
+add('extension-quoted-bare-lf', chunkedChat('{chat.hex};x="a\nb"\r\n{chat}\r\n0\r\n\r\n'), reject(),
+  { why: 'found by fuzz_request_parser: Beast 1.81 let a bare LF through inside a quoted extension' });
+add('extension-quoted-nul', chunkedChat('{chat.hex};x="a\x00b"\r\n{chat}\r\n0\r\n\r\n'), reject());
 add('size-not-hex', chunkedChat('g\r\n{chat}\r\n0\r\n\r\n'), reject());
 add('size-empty', chunkedChat('\r\n{chat}\r\n0\r\n\r\n'), reject());
 add('size-negative', chunkedChat('-5\r\nhello\r\n0\r\n\r\n'), reject());

@@ -75,6 +75,9 @@ void compare_with_boost(std::string_view body, const std::optional<wire::ChunkIn
   // Billing keeps a cost only when it is a number in [0, $1,000,000] (wire.cpp usage_cost); well
   // inside that range every number is kept, outside it none is.
   double usd = cost_is_number ? cost->to_number<double>() : -1;
+  // Boost.JSON 1.81 reads a zero with a huge exponent (0e400) as NaN; tollgate reads it exactly,
+  // as 0. Nothing to compare there.
+  if (usd != usd) return;
   if (info->usage->cost_usd) FUZZ_CHECK(cost_is_number && usd >= 0);
   if (cost_is_number && usd >= 0 && usd < 999'999) FUZZ_CHECK(info->usage->cost_usd.has_value());
   if (!cost_is_number || usd < 0 || usd > 1'000'001) FUZZ_CHECK(!info->usage->cost_usd);
