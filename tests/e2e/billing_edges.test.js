@@ -255,3 +255,34 @@ test('a non-JSON error body (an HTML 502 page) becomes a clear OpenAI error', as
   assert.match(err.headers.get('content-type') ?? '', /^application\/json/);
   await assertUnchargedError(err.requestID, 502);
 });
+
+// ---------------------------------------------------------------------------------------------
+// A long stream (issue 11): 100,000 tokens is ~14 MiB of SSE, past Beast's default 8 MiB body
+// limit that used to cut it. Delivered whole, every event well-formed, billed exactly.
+
+test('a 100,000-token stream is delivered whole and billed exactly', async () => {
+  const tokens = 100_000;
+  const { data: stream, response } = await sdk()
+    .chat.completions.create(chat({ stream: true, max_tokens: tokens, stub_chunks: tokens, stream_options: { include_usage: true } }))
+    .withResponse();
+  const requestId = response.headers.get('x-request-id');
+  let content = 0, bytes = 0, usage = null, finish = null;
+  for await (const chunk of stream) {  // the SDK throws on an event that is not JSON
+    const delta = chunk.choices?.[0]?.delta?.content;
+    if (delta) {
+      content += 1;
+      bytes += delta.length;
+    }
+    if (chunk.choices?.[0]?.finish_reason) finish = chunk.choices[0].finish_reason;
+    if (chunk.usage) usage = chunk.usage;
+  }
+  assert.equal(content, tokens, 'every content event reached the client');
+  assert.equal(finish, 'stop');
+  assert.equal(usage?.completion_tokens, tokens);
+  assert.ok(bytes > 500_000, `${bytes} bytes of content`);
+  const row = await h.usageRow(requestId);
+  assert.equal(row.status, 'success');
+  assert.equal(Number(row.completion_tokens), tokens);
+  assert.equal(row.response_metadata.delivered_chunks, tokens);
+  assert.equal(toMicros(row.credits_deducted), (await h.price(h.model, row.prompt_tokens, tokens)).charge);
+});
