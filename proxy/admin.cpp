@@ -1,5 +1,7 @@
 #include "proxy/admin.hpp"
 
+#include "proxy/accept_backoff.hpp"
+
 #include "proxy/connection.hpp"
 #include "proxy/request.hpp"
 #include "sql/pg.hpp"
@@ -120,13 +122,15 @@ awaitable<void> admin_session(beast::tcp_stream stream, App& app, ratelimit::Red
 }  // namespace
 
 awaitable<void> admin_accept_loop(tcp::acceptor& acceptor, App& app, ratelimit::RedisConnection* redis) {
+  AcceptBackoff backoff(acceptor.get_executor(), "admin accept");
   for (;;) {
     auto [ec, sock] = co_await acceptor.async_accept(tuple_awaitable);
     if (ec == net::error::operation_aborted || !acceptor.is_open()) co_return;  // stopping
     if (ec) {
-      spdlog::warn("admin accept: {}", ec.message());
+      if (co_await backoff.handle(ec, acceptor) < 0) spdlog::warn("admin accept: {}", ec.message());
       continue;
     }
+    backoff.reset();
     net::co_spawn(acceptor.get_executor(), admin_session(beast::tcp_stream(std::move(sock)), app, redis),
                   LogFailure{&app, "admin connection"});
   }

@@ -1,5 +1,6 @@
 #include "proxy/forward.hpp"
 
+#include "proxy/accept_backoff.hpp"
 #include "proxy/http_head.hpp"
 
 #include <boost/asio/write.hpp>
@@ -335,6 +336,14 @@ awaitable<bool> forward(beast::tcp_stream& client, App& app, UpstreamPool& pool,
   }
   out.upstream_aborted = out.reached_upstream;
   if (out.client_started) co_return false;  // a response is half written: the connection is unusable
+  if (!out.reached_upstream && out_of_descriptors(ec)) {
+    // Our own limit (the open-file limit), not the upstream's fault: an honest 503.
+    ++app.metrics.shed_overloaded;
+    ctx.headers.emplace_back("retry-after", "1");
+    co_return co_await reply_error(client, app, ctx, http::status::service_unavailable,
+                                   "tollgate is out of connections; retry shortly.", "service_unavailable",
+                                   "overloaded", ctx.client_keep_alive);
+  }
   ++app.metrics.upstream_connect_failures;
   bool timeout = ec == beast::error::timeout;
   const char* what = timeout ? "The upstream did not answer in time."

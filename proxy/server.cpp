@@ -1,5 +1,6 @@
 #include "proxy/server.hpp"
 
+#include "proxy/accept_backoff.hpp"
 #include "proxy/admin.hpp"
 #include "proxy/connection.hpp"
 #include "proxy/session.hpp"
@@ -11,15 +12,10 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <spdlog/spdlog.h>
 
-#include <fcntl.h>
 #include <sys/socket.h>
-#include <unistd.h>
-
-#include <algorithm>
 
 #include <thread>
 
@@ -35,82 +31,23 @@ net::awaitable<std::optional<std::pair<pricing::Micros, std::int64_t>>> load_bal
   co_return co_await app.lookups.run(query);
 }
 
-/// The answer to a connection tollgate cannot take (over max_connections, or out of file
-/// descriptors), written at once without reading the request.
-constexpr std::string_view busy_response =
-    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-    "Connection: close\r\nContent-Length: 124\r\n\r\n"
-    R"({"error":{"message":"tollgate is at its connection limit; retry shortly.","type":"service_unavailable","code":"overloaded"}})";
-static_assert(busy_response.size() - busy_response.find("\r\n\r\n") - 4 == 124);
-
-/// Refuses a connection over the instance's cap with a 503 written at once (no coroutine, no
-/// read: a full instance spends nothing more on it), then closes it.
-void refuse_at_accept(tcp::socket& sock) {
-  beast::error_code ec;
-  sock.non_blocking(true, ec);
-  if (!ec) sock.write_some(net::buffer(busy_response), ec);  // best effort: a full socket buffer drops it
-  sock.shutdown(tcp::socket::shutdown_both, ec);
-  sock.close(ec);
-}
-
-bool out_of_descriptors(const beast::error_code& ec) {
-  return ec == net::error::no_descriptors || ec == boost::system::errc::too_many_files_open_in_system ||
-         ec == net::error::no_buffer_space || ec == net::error::no_memory;
-}
-
-/// At the open-file limit, accept(2) fails and the connections wait in the backlog, unanswered.
-/// This spends the descriptor kept in reserve (`spare`, libev's and nginx's trick) to accept
-/// the waiting ones one at a time and answer each with the 503, then takes the reserve back.
-/// Returns how many it refused (at most 1,024 a call).
-std::size_t refuse_backlog(tcp::acceptor& acceptor, int& spare) {
-  if (spare >= 0) ::close(std::exchange(spare, -1));
-  std::size_t n = 0;
-  for (; n < 1024; ++n) {
-    int fd = ::accept4(acceptor.native_handle(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) break;  // EAGAIN: the backlog is empty; EMFILE: another thread took the reserve
-    [[maybe_unused]] auto sent = ::send(fd, busy_response.data(), busy_response.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-    ::shutdown(fd, SHUT_RDWR);
-    ::close(fd);
-  }
-  spare = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  return n;
-}
-
-/// Accepts connections until the acceptor closes. Out of file descriptors (EMFILE, ENFILE), it
-/// refuses the backlog with 503s (refuse_backlog), backs off from 10 ms to 1 s before accepting
-/// again, and logs at most one line per 10 s: no busy loop, no log flood, and the connections
-/// already open keep being served.
-net::awaitable<void> accept_loop(tcp::acceptor& acceptor, App& app, ThreadContext& tc, int& spare) {
-  beast::error_code nb_ec;
-  acceptor.native_non_blocking(true, nb_ec);  // refuse_backlog's accept4() must never block
-  std::chrono::milliseconds backoff{0};
-  std::chrono::steady_clock::time_point last_log{};
-  std::uint64_t refused_since_log = 0;
-  net::steady_timer pause(acceptor.get_executor());
+/// Accepts connections until the acceptor closes. Out of file descriptors, it backs off and
+/// answers the backlog with 503s (AcceptBackoff): the connections already open keep being served.
+net::awaitable<void> accept_loop(tcp::acceptor& acceptor, App& app, ThreadContext& tc) {
+  AcceptBackoff backoff(acceptor.get_executor(), "accept");
   for (;;) {
     auto [ec, sock] = co_await acceptor.async_accept(net::as_tuple(net::use_awaitable));
     if (ec == net::error::operation_aborted || !acceptor.is_open()) co_return;  // stopping
-    if (ec && out_of_descriptors(ec)) {
-      ++app.metrics.accept_out_of_descriptors;
-      auto refused = refuse_backlog(acceptor, spare);
-      app.metrics.connections_refused_total += refused;
-      refused_since_log += refused;
-      if (auto now = std::chrono::steady_clock::now(); now - last_log >= std::chrono::seconds(10)) {
-        spdlog::error("accept: {}: {} connection(s) refused with 503 since the last report; backing off {} ms "
-                      "(raise LimitNOFILE / ulimit -n)", ec.message(), refused_since_log, backoff.count());
-        last_log = now;
-        refused_since_log = 0;
-      }
-      backoff = std::clamp(backoff * 2, std::chrono::milliseconds(10), std::chrono::milliseconds(1000));
-      pause.expires_after(backoff);
-      co_await pause.async_wait(net::as_tuple(net::use_awaitable));
-      continue;
-    }
     if (ec) {
-      spdlog::warn("accept: {}", ec.message());
+      std::int64_t refused = co_await backoff.handle(ec, acceptor);
+      if (refused < 0) spdlog::warn("accept: {}", ec.message());
+      else {
+        ++app.metrics.accept_out_of_descriptors;
+        app.metrics.connections_refused_total += static_cast<std::uint64_t>(refused);
+      }
       continue;
     }
-    backoff = std::chrono::milliseconds(0);
+    backoff.reset();
     auto peer = sock.remote_endpoint(ec);
     if (ec) continue;  // already reset by the peer: the socket closes here
     ConnectionLimiter::Refusal refusal;
@@ -158,7 +95,6 @@ struct Server::Worker {
   std::optional<ratelimit::Admitter> admitter;
   ThreadContext tc;
   std::thread thread;
-  int spare_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);  ///< kept for refuse_backlog()
 
   std::optional<tcp::acceptor> admin;  ///< the first worker's: /metrics, /healthz, /readyz
 
@@ -198,7 +134,6 @@ Server::~Server() {
   for (auto& w : workers_) {
     w->ioc.stop();
     if (w->thread.joinable()) w->thread.join();
-    if (w->spare_fd >= 0) ::close(w->spare_fd);
   }
 }
 
@@ -207,7 +142,7 @@ std::uint16_t Server::admin_port() const { return admin_port_; }
 
 void Server::run() {
   for (auto& w : workers_)
-    net::co_spawn(w->ioc, accept_loop(w->acceptor, app_, w->tc, w->spare_fd), LogFailure{&app_, "accept loop"});
+    net::co_spawn(w->ioc, accept_loop(w->acceptor, app_, w->tc), LogFailure{&app_, "accept loop"});
   auto& first = *workers_.front();
   net::co_spawn(first.ioc, admin_accept_loop(*first.admin, app_, first.redis ? &*first.redis : nullptr),
                 LogFailure{&app_, "admin accept loop"});

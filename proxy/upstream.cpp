@@ -1,11 +1,13 @@
 #include "proxy/upstream.hpp"
 
 #include <boost/asio/ssl/host_name_verification.hpp>
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <tuple>
 
 namespace tollgate {
 
@@ -49,10 +51,30 @@ net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamPool::acquire() {
 
 net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamPool::connect() {
   const auto& u = cfg_.upstream;
-  auto endpoints = co_await resolver_.async_resolve(u.host, u.port, net::use_awaitable);
+  // The resolved addresses are kept for resolve_ttl: a new connection costs no getaddrinfo()
+  // (which opens files and sockets of its own, and fails obscurely at the open-file limit).
+  auto now = std::chrono::steady_clock::now();
+  if (endpoints_.empty() || now >= resolved_until_) {
+    endpoints_ = co_await resolver_.async_resolve(u.host, u.port, net::use_awaitable);
+    resolved_until_ = now + resolve_ttl;
+  }
   beast::tcp_stream tcp(ex_);
   tcp.expires_after(cfg_.upstream_connect_timeout);
-  co_await tcp.async_connect(endpoints, net::use_awaitable);
+  // Each address in turn, opening the socket here: an open that fails (EMFILE at the open-file
+  // limit) is reported as such, not as the "operation canceled" of a range connect.
+  beast::error_code ec = net::error::host_not_found;
+  for (const auto& entry : endpoints_) {
+    beast::error_code ignored;
+    tcp.socket().close(ignored);
+    tcp.socket().open(entry.endpoint().protocol(), ec);
+    if (ec) break;
+    std::tie(ec) = co_await tcp.async_connect(entry.endpoint(), net::as_tuple(net::use_awaitable));
+    if (!ec || ec == beast::error::timeout) break;
+  }
+  if (ec) {
+    endpoints_ = {};  // resolve again next time
+    throw boost::system::system_error(ec);
+  }
   tcp.socket().set_option(net::ip::tcp::no_delay(true));
   if (!u.tls) co_return std::make_unique<UpstreamConnection>(std::move(tcp));
 

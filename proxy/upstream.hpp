@@ -86,6 +86,9 @@ class UpstreamPool {
   std::string fixed_fields_;
   net::ssl::context& tls_;
   net::ip::tcp::resolver resolver_;
+  static constexpr std::chrono::seconds resolve_ttl{30};
+  net::ip::tcp::resolver::results_type endpoints_;  ///< the upstream's addresses, kept resolve_ttl
+  std::chrono::steady_clock::time_point resolved_until_{};
   std::vector<std::unique_ptr<UpstreamConnection>> idle_;
   std::unordered_set<UpstreamConnection*> in_use_;
 };

@@ -149,9 +149,10 @@ async function hasAdminListener() {
 
 /**
  * Starts `tollgate serve` against `upstreamUrl`. `config` (TOML text) goes to a file passed with
- * --config; `journal` reuses a journal folder (a restart). Returns an Instance.
+ * --config; `journal` reuses a journal folder (a restart); `nofile` sets the open-file limit.
+ * Returns an Instance.
  */
-export async function startTollgate({ name = 'tollgate', upstreamUrl, config, journal, env = {} } = {}) {
+export async function startTollgate({ name = 'tollgate', upstreamUrl, config, journal, env = {}, nofile } = {}) {
   const dir = tmp(name);
   const journalDir = journal || join(dir, 'journal');
   const pf = join(dir, 'port');
@@ -164,7 +165,9 @@ export async function startTollgate({ name = 'tollgate', upstreamUrl, config, jo
   args.push('serve', '--port-file', pf);
   const admin = await hasAdminListener();
   if (admin) args.push('--admin-port-file', apf);
-  const child = new Child(name, TOLLGATE_BIN, args, {
+  // `nofile`: the open-file limit (soft = hard, so tollgate cannot raise it), through prlimit(1).
+  const [file, argv] = nofile ? ['prlimit', [`--nofile=${nofile}:${nofile}`, '--', TOLLGATE_BIN, ...args]] : [TOLLGATE_BIN, args];
+  const child = new Child(name, file, argv, {
     ...process.env,
     TOLLGATE_LISTEN: '127.0.0.1:0',
     TOLLGATE_ADMIN_LISTEN: '127.0.0.1:0',  // several instances: no clash on the default 9464
@@ -179,7 +182,7 @@ export async function startTollgate({ name = 'tollgate', upstreamUrl, config, jo
   const deadline = Date.now() + 5000;
   while (!/tollgate listening on/.test(child.log) && Date.now() < deadline) await sleep(20);
   return new Instance(child, `http://127.0.0.1:${port}`, `http://127.0.0.1:${adminPort}`, journalDir,
-                      { name, upstreamUrl, config, env });
+                      { name, upstreamUrl, config, env, nofile });
 }
 
 export class Instance {
