@@ -56,6 +56,6 @@ MSG
 # Every client connection is a file descriptor: raise the soft open-file limit to the hard one
 # (tollgate does so itself too; a systemd unit sets LimitNOFILE, deploy/systemd).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-# exec: Ctrl-C / SIGTERM reach tollgate, whose graceful stop drains requests in flight
+# Ctrl-C reaches tollgate (the foreground process group): its graceful stop drains requests in flight
 # (server.drain_timeout_ms) and flushes usage records before it exits.
 $tg --config deploy/tollgate.example.toml serve
