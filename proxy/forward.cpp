@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include <array>
+#include <memory>
 #include <optional>
 #include <tuple>
 #include <utility>
@@ -56,6 +57,41 @@ bool client_gone(beast::tcp_stream& client) {
   sock.receive(net::buffer(&byte, 1), net::socket_base::message_peek, ec);
   return ec && ec != net::error::would_block && ec != net::error::try_again;  // eof, reset
 }
+
+/// Watches the client while the upstream works on its request: when the client leaves (its FIN
+/// or RST arrives), the upstream connection is closed at once, so a slow or stalled upstream
+/// stops generating (and costing) instead of running on to its idle timeout (the fault suite's
+/// hostile stall: 2 s and more). One wait on the client socket for the whole exchange; bytes from
+/// the client that are not a close (a pipelined request) end the watch.
+class ClientWatch {
+ public:
+  ClientWatch(beast::tcp_stream& client, beast::tcp_stream& upstream)
+      : client_(client), state_(std::make_shared<State>(&upstream)) {
+    client_.socket().async_wait(net::socket_base::wait_read, [state = state_, &client](const beast::error_code& ec) {
+      if (ec || !state->upstream || !client_gone(client)) return;
+      state->client_left = true;
+      beast::error_code ignored;
+      state->upstream->socket().close(ignored);  // pending upstream reads and writes fail now
+    });
+  }
+  ~ClientWatch() {
+    state_->upstream = nullptr;  // the handler, if it still runs, touches nothing
+    beast::error_code ignored;
+    client_.socket().cancel(ignored);  // no other operation is pending on the client here
+  }
+  ClientWatch(const ClientWatch&) = delete;
+  ClientWatch& operator=(const ClientWatch&) = delete;
+  bool client_left() const { return state_->client_left; }
+
+ private:
+  struct State {
+    explicit State(beast::tcp_stream* up) : upstream(up) {}
+    beast::tcp_stream* upstream;
+    bool client_left = false;
+  };
+  beast::tcp_stream& client_;
+  std::shared_ptr<State> state_;
+};
 
 /// Runs the bytes already in `upbuf` through the parser, without I/O, while its body buffer has
 /// room. Beast's read_some stops at each chunk boundary; without this, SSE events that arrived in
@@ -326,16 +362,21 @@ awaitable<bool> forward(beast::tcp_stream& client, App& app, UpstreamPool& pool,
   bool reusable = false;
   if (conn) {
     auto registered = pool.in_use(*conn);  // a graceful stop's deadline can cut it
+    ClientWatch watch(client, conn->lowest());
     ec = co_await std::visit(
         [&](auto& s) { return exchange(s, conn->buffer, client, pool.fixed_fields(), app, ctx, out, reusable); },
         conn->stream);
+    if (watch.client_left()) {
+      out.client_aborted = true;
+      reusable = false;
+    }
   }
   if (!ec) {
     if (reusable) pool.release(std::move(conn));
     co_return !out.client_aborted && ctx.client_keep_alive;
   }
   out.upstream_aborted = out.reached_upstream;
-  if (out.client_started) co_return false;  // a response is half written: the connection is unusable
+  if (out.client_started || out.client_aborted) co_return false;  // half written, or nobody to answer
   if (!out.reached_upstream && out_of_descriptors(ec)) {
     // Our own limit (the open-file limit), not the upstream's fault: an honest 503.
     ++app.metrics.shed_overloaded;
