@@ -1,10 +1,10 @@
 #include "proxy/config.hpp"
 
-#include <boost/url/parse.hpp>
 #include <toml++/toml.h>
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
 #include <type_traits>
@@ -12,21 +12,6 @@
 #include <stdexcept>
 
 namespace tollgate {
-
-UpstreamUrl parse_upstream_url(const std::string& text) {
-  auto r = boost::urls::parse_absolute_uri(text);
-  if (!r) throw std::invalid_argument("upstream URL is not an absolute URL: " + text);
-  UpstreamUrl u;
-  if (r->scheme() == "https") u.tls = true;
-  else if (r->scheme() == "http") u.tls = false;
-  else throw std::invalid_argument("upstream URL must be http:// or https://: " + text);
-  u.host = std::string(r->encoded_host());
-  if (u.host.empty()) throw std::invalid_argument("upstream URL has no host: " + text);
-  u.port = r->has_port() ? std::string(r->port()) : (u.tls ? "443" : "80");
-  u.base_path = std::string(r->encoded_path());
-  while (!u.base_path.empty() && u.base_path.back() == '/') u.base_path.pop_back();
-  return u;
-}
 
 namespace {
 void split_listen(std::string& host, std::uint16_t& port, const std::string& v) {
@@ -70,6 +55,17 @@ void get_ms(const toml::table& t, std::string_view path, std::chrono::millisecon
 }
 }  // namespace
 
+routing::DefaultUpstream Config::default_upstream() const {
+  routing::DefaultUpstream d;
+  d.base_url = upstream_url_text;
+  if (!upstream_key.empty()) d.api_key = routing::Secret(upstream_key);
+  d.connect_timeout = upstream_connect_timeout;
+  d.response_timeout = upstream_response_timeout;
+  d.idle_timeout = upstream_idle_timeout;
+  d.max_connections = upstream_max_idle_connections;
+  return d;
+}
+
 Config Config::load(const std::optional<std::string>& path) {
   Config c;
   if (path) {
@@ -109,6 +105,18 @@ Config Config::load(const std::optional<std::string>& path) {
     get(t, "upstream.max_idle_connections", c.upstream_max_idle_connections);
     get(t, "upstream.max_response_bytes", c.upstream_max_response_bytes);
     get(t, "upstream.max_event_bytes", c.upstream_max_event_bytes);
+    if (auto statuses = t.at_path("routing.retry_statuses")) {
+      auto* list = statuses.as_array();
+      if (!list) throw wrong_type("routing.retry_statuses", "a list of HTTP statuses");
+      c.routing.retry_statuses.clear();
+      for (const auto& s : *list) {
+        if (!s.is_integer()) throw wrong_type("routing.retry_statuses", "a list of HTTP statuses");
+        c.routing.retry_statuses.push_back(static_cast<int>(std::clamp<std::int64_t>(*s.value_exact<std::int64_t>(), 0, 1000)));
+      }
+    }
+    get(t, "routing.max_attempts", c.routing.max_attempts);
+    get(t, "routing.circuit_failure_threshold", c.routing.circuit.failure_threshold);
+    get_ms(t, "routing.circuit_cooldown_ms", c.routing.circuit.cooldown);
     std::string cost_source = "prices";
     get(t, "billing.cost_source", cost_source);
     if (cost_source != "prices" && cost_source != "upstream")
@@ -142,6 +150,7 @@ Config Config::load(const std::optional<std::string>& path) {
   c.upstream = parse_upstream_url(c.upstream_url_text);
   if (c.upstream_key.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)
     throw std::invalid_argument("upstream.key must not hold CR, LF or NUL (it goes into an HTTP header)");
+  routing::check_routing_config(c.routing);
   if (c.prompt_bytes_per_token < 1) throw std::invalid_argument("billing.prompt_bytes_per_token must be >= 1");
   if (c.admission.timeout.count() < 1) throw std::invalid_argument("admission.timeout_ms must be >= 1");
   if (c.key_cache_stale_if_error.count() < 0) throw std::invalid_argument("keys.stale_if_error_ms must be >= 0");

@@ -6,6 +6,9 @@
 // Built once at start and shared read-only.
 #include "keys/key_cache.hpp"
 #include "ratelimit/admission.hpp"
+#include "routing/policy.hpp"
+#include "routing/route_table.hpp"
+#include "routing/upstream_url.hpp"
 
 #include <chrono>
 #include <cstdint>
@@ -14,17 +17,9 @@
 
 namespace tollgate {
 
-/// Where the upstream is: parsed from an absolute http(s) URL such as
-/// https://openrouter.ai/api/v1 → {tls, "openrouter.ai", "443", "/api/v1"}.
-struct UpstreamUrl {
-  bool tls = true;
-  std::string host;
-  std::string port;
-  std::string base_path;  ///< no trailing slash
-};
-
-/// Parses an upstream URL; throws std::invalid_argument with a readable message.
-UpstreamUrl parse_upstream_url(const std::string& url);
+/// Where the upstream is (routing/upstream_url.hpp).
+using routing::UpstreamUrl;
+using routing::parse_upstream_url;
 
 struct Config {
   // [server]
@@ -69,6 +64,8 @@ struct Config {
   /// carries the whole output). A stream is not capped in total, only per event: a longer event
   /// cuts the stream with an error event.
   std::size_t upstream_max_event_bytes = 16ull << 20;
+  // [routing]: fallback to the next route and the upstreams' circuit breakers
+  routing::RoutingConfig routing;
   // [billing]
   bool cost_from_upstream = false;  ///< true: bill usage.cost; false: model_prices × tokens
   std::int64_t default_max_tokens = 4096;  ///< cap sent upstream when the client sets none
@@ -82,6 +79,10 @@ struct Config {
   std::string journal_dir = ".run/journal";
   std::size_t usage_batch_rows = 5000;
   std::chrono::milliseconds usage_max_delay{100};
+
+  /// The [upstream] section as the upstream `default`: the one route while model_routes has
+  /// no rows (routing/route_table.hpp).
+  routing::DefaultUpstream default_upstream() const;
 
   /// Reads `path` (if given) then applies the environment overrides. Throws
   /// std::invalid_argument / toml parse errors with the file position.

@@ -4,10 +4,12 @@
 #include "proxy/app.hpp"
 #include "proxy/config.hpp"
 #include "proxy/lookup_pool.hpp"
+#include "proxy/routing_cli.hpp"
 #include "proxy/server.hpp"
 #include "proxy/upstream.hpp"
 #include "ratelimit/admission.hpp"
 #include "sql/notify_listener.hpp"
+#include "sql/route_store.hpp"
 #include "sql/store.hpp"
 #include "sql/usage_writer.hpp"
 
@@ -91,6 +93,17 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file,
                            cfg.key_cache_stale_if_error);
   keys::KeyFilter key_filter;
   std::atomic<pricing::PricingSnapshotPtr> pricing;
+  // Upstreams and model routes (issue 12): reloaded on NOTIFY tollgate_routes. Not yet used by
+  // the request path, which still forwards to cfg.upstream (the lead wires it in).
+  routing::CircuitRegistry circuits(cfg.routing.circuit);
+  std::atomic<routing::RouteTablePtr> routes;
+  auto reload_routes = [&](sql::PgConn& db) {
+    routes.store(sql::load_route_table(db, cfg.default_upstream(), circuits));
+    auto table = routes.load();
+    spdlog::info("routes loaded: {} upstream(s), {} route(s){}, {} unusable", table->upstreams().size(),
+                 table->routes().size(), table->from_config() ? " (the configured [upstream])" : "",
+                 table->unusable().size());
+  };
   // Blocking Redis clients for the two threads that keep Redis' balance cache in step with
   // Postgres: the NOTIFY listener (top-ups) and the usage writer (committed batches).
   std::optional<ratelimit::RedisSyncClient> listener_redis;
@@ -113,12 +126,15 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file,
         else if (channel == "tollgate_pricing") {
           pricing.store(sql::load_pricing(db));
           spdlog::info("pricing reloaded ({} changed)", payload);
+        } else if (channel == "tollgate_routes") {
+          reload_routes(db);
         }
       },
       [&](sql::PgConn& db) {
         key_cache.clear();  // notifications may have been missed while disconnected
         load_key_filter(db, key_filter);
         pricing.store(sql::load_pricing(db));
+        reload_routes(db);
       });
   listener.start();
   sql::UsageWriter usage(cfg.journal_dir, cfg.database_url, cfg.usage_batch_rows, cfg.usage_max_delay);
@@ -215,6 +231,8 @@ int main(int argc, char** argv) {
   prices_set->add_option("COMPLETION_USD_PER_TOKEN", completion_usd)->required();
   prices_set->add_option("--context-length", context_length);
 
+  RoutingCommands routing_cmds(cli);
+
   CLI11_PARSE(cli, argc, argv);
 
   try {
@@ -244,6 +262,8 @@ int main(int argc, char** argv) {
     } else if (keys_revoke->parsed()) {
       if (sql::revoke_key(db, key_ref) == 0) throw std::invalid_argument("no such key: " + key_ref);
       fmt::print("revoked {}\n", key_ref);
+    } else if (routing_cmds.parsed()) {
+      routing_cmds.run(db);
     } else if (prices_set->parsed()) {
       sql::upsert_model_price(db, model, prompt_usd, completion_usd, context_length);
       fmt::print("price of {} set\n", model);

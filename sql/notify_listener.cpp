@@ -19,6 +19,7 @@ void NotifyListener::connect_and_listen() {
   conn_->exec("LISTEN tollgate_accounts");
   conn_->exec("LISTEN tollgate_pricing");
   conn_->exec("LISTEN tollgate_balances");
+  conn_->exec("LISTEN tollgate_routes");
   on_connect_(*conn_);
 }
 

@@ -5,6 +5,7 @@
 //   tollgate_accounts  payload = account id    → drop that account's keys
 //   tollgate_pricing   payload = table name    → reload the pricing snapshot
 //   tollgate_balances  payload = "account version credits_micros" → refresh Redis' balance cache
+//   tollgate_routes    payload = table name    → reload the route table (0007_upstreams.sql)
 // A notification arrives within milliseconds of the commit; the thread wakes at least every
 // `poll` to notice a lost connection. After a reconnect `on_reconnect` runs (notifications may
 // have been missed: callers drop caches and reload). Reconnect attempts back off from 100 ms to
