@@ -17,11 +17,10 @@ RoutingCommands::RoutingCommands(CLI::App& cli) {
       ->required();
   up_add_->add_option("--key-ref", key_ref_, "Where the API key is: env:VAR or file:/path (never the key itself)");
   up_add_->add_option("--header", headers_, "'Name: value' added to every request (repeatable)");
-  up_add_->add_option("--connect-timeout-ms", connect_ms_, "Connect + TLS handshake (default 5000)")->check(CLI::PositiveNumber);
-  up_add_->add_option("--response-timeout-ms", response_ms_, "Until the response headers (default 600000)")
-      ->check(CLI::PositiveNumber);
-  up_add_->add_option("--idle-timeout-ms", idle_ms_, "Between two reads of a body (default 300000)")->check(CLI::PositiveNumber);
-  up_add_->add_option("--max-connections", max_connections_, "Per event-loop thread (default 64)")->check(CLI::PositiveNumber);
+  up_add_->add_option("--connect-timeout-ms", connect_ms_, "Connect + TLS handshake (default 5000)");
+  up_add_->add_option("--response-timeout-ms", response_ms_, "Until the response headers (default 600000)");
+  up_add_->add_option("--idle-timeout-ms", idle_ms_, "Between two reads of a body (default 300000)");
+  up_add_->add_option("--max-connections", max_connections_, "Per event-loop thread (default 64)");
   up_list_ = up->add_subcommand("list", "List upstreams");
   up_disable_ = up->add_subcommand("disable", "Stop routing to an upstream (its routes stay)");
   up_disable_->add_option("NAME", name_)->required();
@@ -33,8 +32,7 @@ RoutingCommands::RoutingCommands(CLI::App& cli) {
   rt_add_->add_option("PATTERN", pattern_, "Model glob: * any run, ? one character (e.g. 'openai/*')")->required();
   rt_add_->add_option("UPSTREAM", upstream_, "An upstream's name")->required();
   rt_add_->add_option("--priority", priority_, "Highest matching priority first; lower ones are fallbacks (default 0)");
-  rt_add_->add_option("--weight", weight_, "Share among matching routes of equal priority (default 1)")
-      ->check(CLI::PositiveNumber);
+  rt_add_->add_option("--weight", weight_, "Share among matching routes of equal priority (default 1)");
   rt_add_->add_option("--upstream-model", upstream_model_, "The model name sent upstream (default: as asked)");
   rt_list_ = rt->add_subcommand("list", "List routes");
   rt_remove_ = rt->add_subcommand("remove", "Remove a route");

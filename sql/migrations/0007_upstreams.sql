@@ -76,12 +76,14 @@ LANGUAGE sql STABLE AS $$
   ORDER BY r.priority DESC, r.id
 $$;
 
-CREATE FUNCTION tollgate_notify_routes() RETURNS trigger LANGUAGE plpgsql AS $$
+-- NOTIFY <channel given as the trigger's argument>, payload = the table changed. One statement,
+-- one notification; the listener reloads the whole table.
+CREATE FUNCTION tollgate_notify_table() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  PERFORM pg_notify('tollgate_routes', TG_TABLE_NAME);
+  PERFORM pg_notify(TG_ARGV[0], TG_TABLE_NAME);
   RETURN NULL;
 END $$;
 CREATE TRIGGER upstreams_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON upstreams
-  FOR EACH STATEMENT EXECUTE FUNCTION tollgate_notify_routes();
+  FOR EACH STATEMENT EXECUTE FUNCTION tollgate_notify_table('tollgate_routes');
 CREATE TRIGGER model_routes_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON model_routes
-  FOR EACH STATEMENT EXECUTE FUNCTION tollgate_notify_routes();
+  FOR EACH STATEMENT EXECUTE FUNCTION tollgate_notify_table('tollgate_routes');

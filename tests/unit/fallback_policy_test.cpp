@@ -1,8 +1,14 @@
 // Which outcomes send a request on to the next route, and which count against a circuit
-// (routing/policy.hpp).
+// (routing/policy.hpp), and [routing] in the configuration.
 #include "routing/policy.hpp"
 
+#include "proxy/config.hpp"
+
 #include <catch2/catch.hpp>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
 
 using namespace tollgate::routing;
 using namespace std::chrono_literals;
@@ -75,4 +81,34 @@ TEST_CASE("what counts against the circuit: transport failures and 5xx, not 429 
   CHECK_FALSE(counts_against_circuit(status(400)));
   CHECK_FALSE(counts_against_circuit(status(200)));
   CHECK_FALSE(counts_against_circuit(kind(K::circuit_open)));
+}
+
+namespace {
+/// Config::load of a file holding `toml`.
+tollgate::Config load_toml(const std::string& toml) {
+  std::string path = "/tmp/tollgate-routing-config-" + std::to_string(::getpid()) + ".toml";
+  std::ofstream(path) << toml;
+  struct Remove {
+    std::string p;
+    ~Remove() { std::remove(p.c_str()); }
+  } remove{path};
+  return tollgate::Config::load(path);
+}
+}  // namespace
+
+TEST_CASE("[routing] in the configuration file") {
+  auto c = load_toml("[routing]\nretry_statuses = [503, 429]\nmax_attempts = 2\n"
+                     "circuit_failure_threshold = 3\ncircuit_cooldown_ms = 1000\n");
+  CHECK(c.routing.retry_statuses == std::vector<int>{503, 429});
+  CHECK(c.routing.max_attempts == 2);
+  CHECK(c.routing.circuit.failure_threshold == 3);
+  CHECK(c.routing.circuit.cooldown == 1s);
+  auto d = load_toml("[server]\nthreads = 1\n");  // no [routing]: the defaults
+  CHECK(d.routing.retry_statuses == RoutingConfig{}.retry_statuses);
+  CHECK(d.routing.max_attempts == 3);
+  CHECK(d.default_upstream().base_url == d.upstream_url_text);
+  CHECK_THROWS_AS(load_toml("[routing]\nretry_statuses = [200]\n"), std::invalid_argument);
+  CHECK_THROWS_AS(load_toml("[routing]\nretry_statuses = 503\n"), std::invalid_argument);
+  CHECK_THROWS_AS(load_toml("[routing]\nretry_statuses = [\"503\"]\n"), std::invalid_argument);
+  CHECK_THROWS_AS(load_toml("[routing]\nmax_attempts = 0\n"), std::invalid_argument);
 }
