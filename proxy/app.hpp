@@ -23,6 +23,10 @@ struct Metrics {
   std::atomic<std::uint64_t> auth_failures{0}, insufficient_balance{0};
   std::atomic<std::uint64_t> upstream_errors{0}, upstream_connect_failures{0};
   std::atomic<std::uint64_t> client_aborts{0}, streams{0};
+  /// Charges capped at the request's hold (what an upstream delivered or reported beyond the
+  /// worst case admitted), and their excess in credit units.
+  std::atomic<std::uint64_t> overruns{0}, overrun_micros{0};
+  std::atomic<std::uint64_t> usage_missing{0};  ///< 2xx without believable usage: billed as delivered
   std::atomic<std::uint64_t> key_cache_hits{0}, key_cache_misses{0};
   std::atomic<std::uint64_t> key_lookups{0};           ///< Postgres lookups of keys
   std::atomic<std::uint64_t> key_filter_refusals{0};   ///< refused by the filter, no lookup

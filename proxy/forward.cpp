@@ -270,6 +270,7 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
     std::array<net::const_buffer, 2> reply{net::buffer(to_client), net::buffer(res.body())};
     auto [reply_ec, reply_n] = co_await net::async_write(client, reply, tuple_awaitable);
     if (reply_ec) out.client_aborted = true;
+    else if (!error_status) out.delivered_bytes = static_cast<std::int64_t>(res.body().size());
     co_return beast::error_code{};
   }
 

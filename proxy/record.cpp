@@ -17,23 +17,30 @@ std::optional<Recorded> record(App& app, const RequestCtx& ctx, const Outcome& o
   r.model = ctx.req.model;
   r.created_at_us = ctx.started_us;
   std::optional<pricing::Picos> reported_cost;
-  if (out.usage && !out.undelivered_output) {
+  const bool ok_status = out.status >= 200 && out.status < 300;
+  const bool usable = out.usage && !out.usage->implausible && !out.undelivered_output;
+  if (usable) {
     r.prompt_tokens = out.usage->prompt_tokens;
     r.completion_tokens = out.usage->completion_tokens;
     if (app.cfg.cost_from_upstream && out.usage->cost_usd)
       reported_cost = pricing::parse_decimal(*out.usage->cost_usd, 12);
-  } else if (out.delivered_chunks > 0) {
-    // The stream ended without a usage chunk (client abort, upstream cut), or the client left
-    // before output the usage counts reached it: bill what was delivered — one token per
-    // content chunk, and the prompt as the upstream counted it, else at ~4 bytes per token.
-    r.prompt_tokens = out.usage ? out.usage->prompt_tokens : static_cast<std::int64_t>((ctx.body.size() + 3) / 4);
-    r.completion_tokens = std::min(out.delivered_chunks, wire::Usage::max_tokens);
+  } else if (out.delivered_chunks > 0 || (ok_status && out.delivered_bytes > 0)) {
+    // No usage to believe (the stream ended without it, the client left before output it
+    // counts reached it, or the upstream sent none, garbage, negative or absurd counts): bill
+    // what was delivered — one token per content event, or ~4 bytes per token of a JSON body —
+    // and the prompt as the upstream counted it when plausible, else at ~4 bytes per token.
+    bool prompt_known = out.usage && !out.usage->implausible;
+    r.prompt_tokens = prompt_known ? out.usage->prompt_tokens : static_cast<std::int64_t>((ctx.body.size() + 3) / 4);
+    r.completion_tokens = out.delivered_chunks > 0 ? std::min(out.delivered_chunks, wire::Usage::max_tokens)
+                                                   : (out.delivered_bytes + 3) / 4;
   }
   if (out.client_aborted) r.status = "client_aborted";
   else if (out.upstream_aborted) r.status = "upstream_aborted";
   else if (out.midstream_error) r.status = "upstream_error";
-  else if (out.status >= 200 && out.status < 300) r.status = "success";
+  else if (ok_status) r.status = usable ? "success" : "usage_missing";
   else r.status = "upstream_error";
+  if (r.status == "usage_missing") ++app.metrics.usage_missing;
+  pricing::Micros overrun = 0;
   if (r.prompt_tokens > 0 || r.completion_tokens > 0 || reported_cost) {
     pricing::Picos cost = reported_cost ? *reported_cost
                                         : pricing::PricingSnapshot::token_cost(*ctx.price, r.prompt_tokens,
@@ -41,15 +48,24 @@ std::optional<Recorded> record(App& app, const RequestCtx& ctx, const Outcome& o
     auto c = ctx.pricing->charge(ctx.req.model, cost);
     r.cost = c.cost;
     r.charge = c.charge;
+    // The hold bounds the charge: what the upstream delivered or reported beyond the worst case
+    // admitted is the upstream's overrun, recorded and counted, never the customer's debt.
+    if (r.charge > ctx.hold) {
+      overrun = r.charge - ctx.hold;
+      r.charge = ctx.hold;
+      ++app.metrics.overruns;
+      app.metrics.overrun_micros += static_cast<std::uint64_t>(overrun);
+    }
   }
   r.request_metadata_json = fmt::format(
       R"({{"endpoint":"{}","stream":{},"max_tokens":{},"body_bytes":{}}})", ctx.upstream_path,
       ctx.req.stream, ctx.req.max_tokens ? std::to_string(*ctx.req.max_tokens) : "null", ctx.body.size());
   r.response_metadata_json = fmt::format(
-      R"({{"status_code":{},"generation_id":{},"finish_reason":{},"delivered_chunks":{},"usage_reported":{},"duration_us":{}}})",
+      R"({{"status_code":{},"generation_id":{},"finish_reason":{},"delivered_chunks":{},"usage_reported":{},"usage_plausible":{},"hold_micros":{},"overrun_micros":{},"duration_us":{}}})",
       out.status, out.generation_id ? boost::json::serialize(boost::json::string(*out.generation_id)) : "null",
       out.finish_reason ? boost::json::serialize(boost::json::string(*out.finish_reason)) : "null",
-      out.delivered_chunks, out.usage.has_value(), unix_now_us() - ctx.started_us);
+      out.delivered_chunks, out.usage.has_value(), out.usage && !out.usage->implausible, ctx.hold, overrun,
+      unix_now_us() - ctx.started_us);
   Recorded done{r.charge, r.prompt_tokens + r.completion_tokens};
   app.usage.append(std::move(r));
   return done;

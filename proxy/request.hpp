@@ -45,6 +45,8 @@ struct RequestCtx {
   bool client_keep_alive = true;
   std::string client_accept;
   std::int64_t default_cap = 0;                    ///< max_tokens sent when the client sets none
+  /// The worst case held at admission (credit units): the most the request is ever charged.
+  pricing::Micros hold = 0;
   std::optional<ratelimit::Admission> admission;  ///< set when Redis admitted the request
   /// Sent on every response once known (OpenAI's x-ratelimit-* headers).
   std::vector<std::pair<std::string, std::string>> headers;
@@ -56,6 +58,7 @@ struct Outcome {
   int status = 0;
   std::optional<wire::Usage> usage;
   std::int64_t delivered_chunks = 0;  ///< SSE events with output whose bytes all reached the client's socket
+  std::int64_t delivered_bytes = 0;   ///< a JSON (non-streamed) 2xx body that reached the client's socket
   bool undelivered_output = false;     ///< the client left before an event with output reached it
   bool client_aborted = false;
   bool upstream_aborted = false;

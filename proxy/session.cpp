@@ -183,6 +183,7 @@ awaitable<bool> admit(beast::tcp_stream& client, App& app, ThreadContext& tc, Re
       ctx.endpoint == wire::Endpoint::embeddings ? 0 : ctx.req.max_tokens.value_or(ctx.default_cap);
   pricing::Micros worst =
       ctx.pricing->charge(ctx.req.model, pricing::PricingSnapshot::token_cost(*ctx.price, prompt_max, completion_max)).charge;
+  ctx.hold = worst;  // the charge never exceeds it (record.cpp)
   auto insufficient = [&](pricing::Micros available) -> awaitable<bool> {
     ++app.metrics.insufficient_balance;
     keep = co_await reply_error(

@@ -108,7 +108,9 @@ std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err)
   // might bill a different model or cap than tollgate held for).
   bool seen_model = false, seen_stream = false, seen_max_tokens = false, seen_max_completion_tokens = false;
   auto repeated = [&](std::string_view key) {
-    return fail(fmt::format("'{}' appears more than once.", key), "duplicate_field");
+    return fail(fmt::format("We could not parse the JSON body of your request: the key '{}' appears more than once "
+                            "(JSON parsers disagree on which one counts).", key),
+                "invalid_json");
   };
   for (auto [key, v] : obj) {
     if (key == "model") {
@@ -133,7 +135,10 @@ std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err)
       std::int64_t n;
       if (v.get_int64().get(n) != simdjson::SUCCESS || n < 1)
         return fail(fmt::format("'{}' must be a positive integer.", key), "invalid_value");
-      if (!out.max_tokens || is_max_tokens) out.max_tokens = n;
+      // One cap: the upstream honours whichever field it knows (OpenAI: max_completion_tokens
+      // over max_tokens), so tollgate holds the smaller and sends it in both (upstream_body).
+      (is_max_tokens ? out.max_tokens_field : out.max_completion_tokens_field) = n;
+      out.max_tokens = out.max_tokens ? std::min(*out.max_tokens, n) : n;
     } else if (key == "stream_options") {
       if (std::exchange(out.has_stream_options, true)) return repeated(key);
       if (v.is_null()) continue;
@@ -151,7 +156,7 @@ std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err)
   }
   if (!seen_model) return fail("you must provide a model parameter", "missing_model");
   // upstream_body() edits these as a document with Boost.JSON: it must read them as well.
-  if ((out.stream && out.has_stream_options && !out.include_usage) || out.max_tokens_null) {
+  if ((out.stream && out.has_stream_options && !out.include_usage) || out.max_tokens_null || out.caps_differ()) {
     boost::json::error_code ec;
     boost::json::parse(boost::json::string_view(body.data(), body.size()), ec, {}, deep_json);
     if (ec) return invalid_json();
@@ -163,8 +168,9 @@ std::string upstream_body(std::string_view body, Endpoint ep, const ParsedReques
                           std::int64_t default_max_tokens) {
   bool want_usage = req.stream && !req.include_usage && ep != Endpoint::embeddings;
   bool want_cap = !req.max_tokens && ep != Endpoint::embeddings;
-  if (!want_usage && !want_cap) return std::string(body);
-  if ((want_usage && req.has_stream_options) || (want_cap && req.max_tokens_null)) {
+  bool one_cap = req.caps_differ();
+  if (!want_usage && !want_cap && !one_cap) return std::string(body);
+  if ((want_usage && req.has_stream_options) || (want_cap && req.max_tokens_null) || one_cap) {
     // Rare: a field to set is there already (null, or stream_options without include_usage):
     // edit it as a document, so the body never holds the field twice.
     boost::json::object o =
@@ -175,6 +181,7 @@ std::string upstream_body(std::string_view body, Endpoint ep, const ParsedReques
       so.as_object()["include_usage"] = true;
     }
     if (want_cap) o["max_tokens"] = default_max_tokens;
+    if (one_cap) o["max_tokens"] = o["max_completion_tokens"] = *req.max_tokens;  // the cap held
     return boost::json::serialize(o);
   }
   // Common case: insert the absent keys right after the opening brace (the body has at least
@@ -241,12 +248,16 @@ std::optional<ChunkInfo> inspect_json(std::string_view json) {
         if (uf.unescaped_key().get(uk) != simdjson::SUCCESS) break;
         od::value uv;
         if (uf.value().get(uv) != simdjson::SUCCESS) break;
-        if (uk == "prompt_tokens") {
-          usage.prompt_tokens = usage_tokens(uv).value_or(0);  // of repeated keys the last counts
-        } else if (uk == "completion_tokens") {
-          usage.completion_tokens = usage_tokens(uv).value_or(0);
+        if (uk == "prompt_tokens" || uk == "completion_tokens") {
+          // Of repeated keys the last counts. A count that is not a number, is negative or is
+          // beyond Usage::max_tokens makes the whole usage implausible (billed as missing).
+          std::string_view raw = number_text(uv);
+          auto n = usage_tokens(uv);
+          if (!n || raw.empty() || raw.front() == '-' || *n >= Usage::max_tokens) usage.implausible = true;
+          (uk == "prompt_tokens" ? usage.prompt_tokens : usage.completion_tokens) = n.value_or(0);
         } else if (uk == "cost") {
           usage.cost_usd = usage_cost(uv);
+          if (!usage.cost_usd && !uv.is_null()) usage.implausible = true;  // negative, huge, not a number
         }
       }
       info.usage = usage;
@@ -256,12 +267,73 @@ std::optional<ChunkInfo> inspect_json(std::string_view json) {
   return info;
 }
 
+namespace {
+/// True if a non-empty string (content, text), array (tool_calls) or object is at `v`.
+bool non_empty(od::value v) {
+  od::json_type t;
+  if (v.type().get(t) != simdjson::SUCCESS) return false;
+  if (t == od::json_type::string) {
+    std::string_view sv;
+    return v.get_string().get(sv) == simdjson::SUCCESS && !sv.empty();
+  }
+  if (t == od::json_type::array) {
+    od::array a;
+    if (v.get_array().get(a) != simdjson::SUCCESS) return false;
+    for (auto e : a) {
+      (void)e;
+      return true;
+    }
+  }
+  return false;
+}
+
+/// Parses a chunk: does any choice carry delta.content, delta.tool_calls or text?
+bool parsed_has_output(std::string_view d) {
+  thread_local std::string buf;
+  buf.assign(d);
+  od::document doc;
+  od::array choices;
+  if (tl_parser.iterate(padded(buf)).get(doc) != simdjson::SUCCESS ||
+      doc["choices"].get_array().get(choices) != simdjson::SUCCESS)
+    return false;
+  for (auto c : choices) {
+    od::object co;
+    if (c.get_object().get(co) != simdjson::SUCCESS) return false;
+    for (auto f : co) {
+      std::string_view k;
+      if (f.unescaped_key().get(k) != simdjson::SUCCESS) return false;
+      if (k == "text" && non_empty(f.value())) return true;
+      if (k != "delta" && k != "message") continue;
+      od::object delta;
+      if (f.value().get_object().get(delta) != simdjson::SUCCESS) continue;
+      for (auto df : delta) {
+        std::string_view dk;
+        if (df.unescaped_key().get(dk) != simdjson::SUCCESS) return false;
+        if ((dk == "content" || dk == "tool_calls" || dk == "reasoning") && non_empty(df.value())) return true;
+      }
+    }
+  }
+  return false;
+}
+}  // namespace
+
 bool chunk_has_output(std::string_view d) noexcept {
+  // Fast path: the compact form every provider sends.
   for (std::string_view k : {std::string_view(R"("content":")"), std::string_view(R"("text":")")}) {
     auto p = d.find(k);
     if (p != std::string_view::npos && p + k.size() < d.size() && d[p + k.size()] != '"') return true;
   }
-  return d.find(R"("tool_calls":[{)") != std::string_view::npos;
+  if (d.find(R"("tool_calls":[{)") != std::string_view::npos) return true;
+  // Anything else that may hold output ("content": "x" with spaces, escapes) is parsed: output is
+  // never free because of how its JSON is spaced.
+  if (d.find("\"content\"") == std::string_view::npos && d.find("\"text\"") == std::string_view::npos &&
+      d.find("\"tool_calls\"") == std::string_view::npos && d.find("\"reasoning\"") == std::string_view::npos)
+    return false;
+  try {
+    return parsed_has_output(d);
+  } catch (...) {
+    return false;
+  }
 }
 
 std::string event_data(std::string_view ev) {

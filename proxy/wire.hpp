@@ -15,7 +15,14 @@ enum class Endpoint { chat_completions, completions, embeddings };
 struct ParsedRequest {
   std::string model;
   bool stream = false;
-  std::optional<std::int64_t> max_tokens;  ///< max_tokens, else max_completion_tokens
+  /// The completion cap tollgate holds and the upstream gets: the smaller of max_tokens and
+  /// max_completion_tokens when both are sent (upstream_body then sends it in both).
+  std::optional<std::int64_t> max_tokens;
+  std::optional<std::int64_t> max_tokens_field, max_completion_tokens_field;  ///< as the client sent them
+  /// Both cap fields sent, with different values: the body is rewritten to hold the cap in both.
+  bool caps_differ() const {
+    return max_tokens_field && max_completion_tokens_field && *max_tokens_field != *max_completion_tokens_field;
+  }
   bool max_tokens_null = false;     ///< `"max_tokens": null` was sent (upstream_body replaces it)
   bool has_stream_options = false;  ///< `stream_options` was sent (an object or null)
   bool include_usage = false;  ///< the client asked for the usage chunk (stream_options)
@@ -28,9 +35,11 @@ struct RequestError {
   std::string code;
 };
 
-/// Parses and validates a request body with simdjson (the whole document must be valid JSON;
-/// the fields above may appear once each). `body` is copied into a padded buffer only when its
-/// capacity lacks simdjson's padding. Returns the fields or a 400 error.
+/// Parses and validates a request body with simdjson (the whole document must be valid JSON).
+/// The fields above may appear once each: a repeated one (at the top level or in
+/// stream_options) is a 400 `invalid_json`, since parsers disagree on which copy counts and the
+/// upstream could serve another model or cap than tollgate billed. `body` is copied into a
+/// padded buffer only when its capacity lacks simdjson's padding. Returns the fields or a 400.
 std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err);
 
 /// The body to send upstream: the client's body with, where absent,
@@ -56,6 +65,9 @@ struct Usage {
   std::int64_t prompt_tokens = 0;      ///< in [0, max_tokens]
   std::int64_t completion_tokens = 0;  ///< in [0, max_tokens]
   std::optional<std::string> cost_usd;  ///< the number's JSON text, exact (parse_decimal it)
+  /// A token count that is not a number, negative or ≥ max_tokens, or a `cost` that is not
+  /// believed: billing then treats the usage as missing (record.cpp, status usage_missing).
+  bool implausible = false;
 };
 
 /// What one JSON response or stream chunk says that billing needs.
@@ -72,8 +84,9 @@ struct ChunkInfo {
 /// parsers. nullopt if it is not a JSON object.
 std::optional<ChunkInfo> inspect_json(std::string_view json);
 
-/// Cheap check (no parse) whether a chunk carries visible output (non-empty delta content,
-/// text or tool call): used to estimate tokens delivered when a stream ends without usage.
+/// Whether a chunk carries output (non-empty delta content, reasoning, text or tool call): used
+/// to bill what was delivered when a stream ends without believable usage. Compact JSON is
+/// matched without parsing; any other spelling that may hold output is parsed.
 bool chunk_has_output(std::string_view data) noexcept;
 
 /// Splits an SSE byte stream into events (terminated by a blank line; LF, CRLF or CR line

@@ -89,8 +89,64 @@ TEST_CASE("fields tollgate bills by may appear only once") {
                           R"({"model":"m","stream_options":{"include_usage":false,"include_usage":true}})"}) {
     CAPTURE(dup);
     CHECK_FALSE(parse(dup, err));
-    CHECK(err.code == "duplicate_field");
+    CHECK(err.code == "invalid_json");
+    CHECK(err.status == 400);
   }
+}
+
+TEST_CASE("one cap: the smaller of max_tokens and max_completion_tokens is held and sent in both") {
+  // issue 11: {"max_tokens":1,"max_completion_tokens":100000} was held for 1 token while the
+  // upstream, like OpenAI, honoured max_completion_tokens.
+  RequestError err;
+  for (const char* body : {R"({"model":"m","max_tokens":1,"max_completion_tokens":100000})",
+                           R"({"max_completion_tokens":100000,"model":"m","max_tokens":1})",
+                           R"({"model":"m","max_completion_tokens":1,"max_tokens":100000})"}) {
+    CAPTURE(body);
+    std::string b = body;
+    auto r = parse(b, err);
+    REQUIRE(r);
+    CHECK(r->max_tokens == 1);
+    auto up = boost::json::parse(upstream_body(b, Endpoint::chat_completions, *r, 4096)).as_object();
+    CHECK(up.at("max_tokens").as_int64() == 1);
+    CHECK(up.at("max_completion_tokens").as_int64() == 1);
+  }
+  std::string same = R"({"model":"m","max_tokens":7,"max_completion_tokens":7})";
+  auto r = parse(same, err);
+  REQUIRE(r);
+  CHECK(r->max_tokens == 7);
+  CHECK(upstream_body(same, Endpoint::chat_completions, *r, 4096) == same);  // nothing to rewrite
+  std::string only = R"({"model":"m","max_completion_tokens":9})";
+  r = parse(only, err);
+  REQUIRE(r);
+  CHECK(r->max_tokens == 9);
+  CHECK(upstream_body(only, Endpoint::chat_completions, *r, 4096) == only);
+}
+
+TEST_CASE("usage that cannot be believed is flagged implausible") {
+  auto usage_of = [](std::string_view json) { return inspect_json(json).value().usage.value(); };
+  CHECK_FALSE(usage_of(R"({"usage":{"prompt_tokens":3,"completion_tokens":5}})").implausible);
+  CHECK_FALSE(usage_of(R"({"usage":{"prompt_tokens":3,"completion_tokens":5,"cost":0.0001}})").implausible);
+  for (const char* bad : {R"({"usage":{"prompt_tokens":-3,"completion_tokens":5}})",
+                          R"({"usage":{"prompt_tokens":3,"completion_tokens":1000000000000}})",
+                          R"({"usage":{"prompt_tokens":3,"completion_tokens":"5"}})",
+                          R"({"usage":{"prompt_tokens":3,"completion_tokens":5,"cost":-1}})",
+                          R"({"usage":{"prompt_tokens":3,"completion_tokens":5,"cost":123456789012345678901234567890}})"}) {
+    CAPTURE(bad);
+    CHECK(usage_of(bad).implausible);
+  }
+}
+
+TEST_CASE("output is found in chunks however their JSON is spaced") {
+  // issue 11: an idle-cut stream whose chunks read `"content": "…"` (with a space) was billed $0.
+  CHECK(chunk_has_output(R"({"choices":[{"delta":{"content":"hi"}}]})"));
+  CHECK(chunk_has_output(R"({"choices":[{"delta":{"content": "hi"}}]})"));
+  CHECK(chunk_has_output(R"({"choices": [ {"delta": {"content" : "hi"} } ]})"));
+  CHECK(chunk_has_output(R"({"choices":[{"delta":{"tool_calls": [{"index":0}]}}]})"));
+  CHECK(chunk_has_output(R"({"choices":[{"text" : "x","index":0}]})"));
+  CHECK_FALSE(chunk_has_output(R"({"choices":[{"delta":{"content": ""}}]})"));
+  CHECK_FALSE(chunk_has_output(R"({"choices":[{"delta":{"role": "assistant"}}]})"));
+  CHECK_FALSE(chunk_has_output(R"({"choices":[],"usage":{"prompt_tokens":1}})"));
+  CHECK_FALSE(chunk_has_output("not json \"content\": \"x"));
 }
 
 TEST_CASE("a null max_tokens or stream_options is replaced upstream, never sent beside ours") {

@@ -104,9 +104,9 @@ export default {
       const flood = results.find((c) => c.mode === 'flood');
       if (flood) {
         const mib = (flood.r.events * (64 * 1024 + 150)) / (1 << 20);
-        report.figure('flood: where tollgate cut the endless stream', `after ~${mib.toFixed(1)} MiB (${flood.r.events} events of 64 KiB); ` +
-          `tollgate-prices logged "upstream stream ended early: ${cut.join('", "') || '?'}": Beast's default response body ` +
-          'limit (8 MiB) applies to streams (upstream.max_response_bytes, 64 MiB, only to JSON bodies); a slower endless stream runs until then');
+        report.figure('flood: how the endless stream ended', `after ~${mib.toFixed(1)} MiB (${flood.r.events} events of 64 KiB) relayed; ` +
+          `tollgate-prices logged "upstream stream ended early: ${cut.join('", "') || '?'}": a stream has no total size limit ` +
+          '(one event ≤ upstream.max_event_bytes); it ran until the client left, and the charge stopped at the hold');
       }
       report.check('tollgate still running (both instances)', alive, [byPrices, byUpstream].map((t) => JSON.stringify(t.child.exited)).join(' '));
       report.check('nothing negative: tokens, cost_usd and charges ≥ 0', negatives.length === 0, negatives.join(' | ') || 'none',
