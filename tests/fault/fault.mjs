@@ -8,6 +8,7 @@ import { Report } from './lib/report.mjs';
 import aborts from './scenarios/aborts.mjs';
 import emfile from './scenarios/emfile.mjs';
 import hostile from './scenarios/hostile.mjs';
+import hostileClient from './scenarios/hostile_client.mjs';
 import kill9 from './scenarios/kill9.mjs';
 import overspend from './scenarios/overspend.mjs';
 import pgDown from './scenarios/pg_down.mjs';
@@ -15,7 +16,7 @@ import redisRestart from './scenarios/redis_restart.mjs';
 import sigterm from './scenarios/sigterm.mjs';
 import slowloris from './scenarios/slowloris.mjs';
 
-const all = [kill9, sigterm, pgDown, redisRestart, overspend, aborts, slowloris, hostile, emfile];
+const all = [kill9, sigterm, pgDown, redisRestart, overspend, aborts, slowloris, hostile, hostileClient, emfile];
 
 const args = process.argv.slice(2);
 if (args.includes('--list') || args.includes('-h') || args.includes('--help')) {

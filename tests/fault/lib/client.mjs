@@ -18,7 +18,7 @@ export function chatBody(model, { stream = false, maxTokens = 16, chunks, interv
 }
 
 /**
- * POSTs `body` (an object) to `${base}/v1/chat/completions` with the key. Resolves (never
+ * POSTs `body` (an object, or a string sent as is) to `${base}/v1/chat/completions` with the key. Resolves (never
  * rejects) { status (0 = no response), error, code (OpenAI error code), requestId, events
  * (SSE data events with content), ms, aborted, text (the first 4 KiB), lastEvent (SSE) }. `abortAfterEvents`: destroy the socket
  * once that many content events arrived (a client abort mid-stream). `timeoutMs`: give up.
@@ -26,7 +26,7 @@ export function chatBody(model, { stream = false, maxTokens = 16, chunks, interv
 export function send({ base, key, body, agent: ag, localAddress, timeoutMs = 30_000, abortAfterEvents, path = '/v1/chat/completions' }) {
   return new Promise((resolve) => {
     const t0 = performance.now();
-    const data = JSON.stringify(body);
+    const data = typeof body === 'string' ? body : JSON.stringify(body);  // a string: sent as is (duplicate keys)
     const out = { status: 0, error: null, code: null, requestId: null, events: 0, ms: 0, aborted: false, text: '' };
     let done = false;
     const finish = (extra = {}) => {
