@@ -7,6 +7,7 @@
 #include "proxy/config.hpp"
 #include "proxy/connection_limiter.hpp"
 #include "proxy/lookup_pool.hpp"
+#include "sql/intent_journal.hpp"
 #include "sql/usage_writer.hpp"
 
 #include <boost/asio/ssl/context.hpp>
@@ -49,6 +50,7 @@ struct App {
   std::atomic<pricing::PricingSnapshotPtr>& pricing;
   LookupPool& lookups;
   sql::UsageWriter& usage;
+  sql::IntentJournal& intents;  ///< requests in flight, for crash recovery
   boost::asio::ssl::context& upstream_tls;
   Metrics metrics;
   ConnectionLimiter connections{cfg.max_connections, cfg.max_connections_per_address};

@@ -223,6 +223,9 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
   http_head::finish(head, body.size(), true);
 
   beast::get_lowest_layer(up).expires_after(cfg.upstream_response_timeout);
+  // Exactly once across crashes: marked sent before the first byte goes upstream (the intent
+  // was journaled at admission, and is ended once the usage record is journaled).
+  app.intents.sent(ctx.request_id);
   std::array<net::const_buffer, 2> request{net::buffer(head), net::buffer(body)};
   auto [send_ec, sent] = co_await net::async_write(up, request, tuple_awaitable);
   if (send_ec) co_return send_ec;
@@ -296,7 +299,17 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
   wire::SseSplitter splitter;
   StreamCut cut = StreamCut::none;
   char buf[UpstreamConnection::read_size];
+  auto journaled_at = std::chrono::steady_clock::now();
+  std::int64_t journaled_delivered = 0;
   while (!bp.is_done()) {
+    // The crash journal learns what was delivered at least once a second (recovery bills it).
+    if (out.delivered_chunks != journaled_delivered) {
+      if (auto now = std::chrono::steady_clock::now(); now - journaled_at >= std::chrono::seconds(1)) {
+        app.intents.progress(ctx.request_id, out.delivered_chunks, out.usage ? out.usage->prompt_tokens : -1);
+        journaled_at = now;
+        journaled_delivered = out.delivered_chunks;
+      }
+    }
     bp.get().body().data = buf;
     bp.get().body().size = sizeof buf;
     beast::get_lowest_layer(up).expires_after(cfg.upstream_idle_timeout);

@@ -5,6 +5,7 @@
 #include "proxy/config.hpp"
 #include "proxy/lookup_pool.hpp"
 #include "proxy/routing_cli.hpp"
+#include "proxy/recovery.hpp"
 #include "proxy/server.hpp"
 #include "proxy/upstream.hpp"
 #include "ratelimit/admission.hpp"
@@ -148,11 +149,20 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file,
       return true;
     });
   }
+  // After the usage writer: its lock on the journal folder makes this process the intents' only
+  // writer, and its replay of leftover records comes before the interrupted ones.
+  sql::IntentJournal intents(cfg.journal_dir);
+  std::vector<ratelimit::Settlement> recovered_holds;
+  if (!intents.recovered().empty()) {
+    sql::PgConn db(cfg.database_url);
+    recovered_holds = record_interrupted(intents, usage, *sql::load_pricing(db));
+  }
   usage.start();
   LookupPool lookups(cfg.database_url, cfg.lookup_threads);
   auto tls = make_upstream_tls_context();
-  App app{cfg, key_cache, key_filter, pricing, lookups, usage, tls, {}};
+  App app{cfg, key_cache, key_filter, pricing, lookups, usage, intents, tls, {}};
   Server server(app);
+  server.settle(std::move(recovered_holds));  // the interrupted requests' holds leave Redis
 
   // Signals are taken by a dedicated thread (blocked since the start of serve()) so the stop
   // sequence can block.

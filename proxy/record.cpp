@@ -7,6 +7,25 @@
 
 namespace tollgate {
 
+std::string request_metadata(const RequestCtx& ctx) {
+  return fmt::format(R"({{"endpoint":"{}","stream":{},"max_tokens":{},"body_bytes":{}}})", ctx.upstream_path,
+                     ctx.req.stream, ctx.req.max_tokens ? std::to_string(*ctx.req.max_tokens) : "null", ctx.body.size());
+}
+
+sql::Intent intent_of(const RequestCtx& ctx) {
+  sql::Intent i;
+  i.request_id = ctx.request_id;
+  i.user_id = ctx.key->user_id;
+  i.api_key_id = ctx.key->key_id;
+  i.model = ctx.req.model;
+  i.created_at_us = ctx.started_us;
+  i.hold = ctx.hold;
+  i.held_in_redis = ctx.admission.has_value();
+  i.prompt_estimate = static_cast<std::int64_t>((ctx.body.size() + 3) / 4);
+  i.request_metadata_json = request_metadata(ctx);
+  return i;
+}
+
 std::optional<Recorded> record(App& app, const RequestCtx& ctx, const Outcome& out) {
   if (!out.reached_upstream) return std::nullopt;
   if (out.client_aborted) ++app.metrics.client_aborts;  // counted once, whichever write failed
@@ -57,9 +76,7 @@ std::optional<Recorded> record(App& app, const RequestCtx& ctx, const Outcome& o
       app.metrics.overrun_micros += static_cast<std::uint64_t>(overrun);
     }
   }
-  r.request_metadata_json = fmt::format(
-      R"({{"endpoint":"{}","stream":{},"max_tokens":{},"body_bytes":{}}})", ctx.upstream_path,
-      ctx.req.stream, ctx.req.max_tokens ? std::to_string(*ctx.req.max_tokens) : "null", ctx.body.size());
+  r.request_metadata_json = request_metadata(ctx);
   r.response_metadata_json = fmt::format(
       R"({{"status_code":{},"generation_id":{},"finish_reason":{},"delivered_chunks":{},"usage_reported":{},"usage_plausible":{},"hold_micros":{},"overrun_micros":{},"duration_us":{}}})",
       out.status, out.generation_id ? boost::json::serialize(boost::json::string(*out.generation_id)) : "null",

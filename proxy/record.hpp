@@ -21,4 +21,10 @@ struct Recorded {
 /// "upstream") and the matching pricing rule.
 std::optional<Recorded> record(App& app, const RequestCtx& ctx, const Outcome& out);
 
+/// The usage row's request_metadata: {"endpoint","stream","max_tokens","body_bytes"}.
+std::string request_metadata(const RequestCtx& ctx);
+/// The crash journal's intent of an admitted request (sql/intent_journal.hpp), journaled just
+/// before its first byte goes upstream.
+sql::Intent intent_of(const RequestCtx& ctx);
+
 }  // namespace tollgate

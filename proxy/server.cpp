@@ -153,6 +153,17 @@ void Server::run() {
     if (workers_[i]->thread.joinable()) workers_[i]->thread.join();
 }
 
+void Server::settle(std::vector<ratelimit::Settlement> settles) {
+  auto& first = *workers_.front();
+  if (!first.admitter || settles.empty()) return;
+  net::post(first.ioc, [this, &first, settles = std::move(settles)]() mutable {
+    for (auto& s : settles) {
+      ++app_.metrics.active_requests;  // until Redis answered, as for any settle
+      first.admitter->settle(std::move(s));
+    }
+  });
+}
+
 void Server::stop(std::chrono::milliseconds grace) {
   app_.stopping = true;  // from now on every response says `Connection: close`
   for (auto& w : workers_) {

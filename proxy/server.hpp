@@ -20,6 +20,9 @@ class Server {
   std::uint16_t admin_port() const;
   /// Serves until stop(); blocks the calling thread (which becomes one of the event loops).
   void run();
+  /// Releases holds of requests an earlier process left in flight (recovery.hpp), through the
+  /// first event loop's admission client once run() starts. A no-op when admission is off.
+  void settle(std::vector<ratelimit::Settlement> settles);
   /// Graceful stop: stops accepting (responses from now on say `Connection: close`), lets
   /// requests in flight finish for up to `grace` (server.drain_timeout_ms), then cuts the
   /// upstream connections still in use — each cut stream ends with an error event and is

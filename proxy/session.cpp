@@ -353,6 +353,7 @@ awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& bu
   bool keep = ctx.client_keep_alive;
   if (!co_await admit(client, app, tc, ctx, keep)) co_return keep;
   queued.release();  // forwarding: the request has left this event loop's queue
+  app.intents.begin(intent_of(ctx));  // crash recovery: releases its hold, or records it if sent
   Outcome out;
   try {
     keep = co_await forward(client, app, tc.upstream, ctx, out);
@@ -363,6 +364,7 @@ awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& bu
     keep = false;
   }
   auto rec = record(app, ctx, out);
+  app.intents.end(ctx.request_id);  // its usage record (if it reached the upstream) is journaled
   if (ctx.admission && tc.admitter) {
     // Phase 7 off the request path, batched with other settles of this event loop. Counted in
     // active_requests until Redis answered (the Admitter's on_settled releases it), so a
