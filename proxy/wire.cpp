@@ -168,7 +168,7 @@ std::string upstream_body(std::string_view body, Endpoint ep, const ParsedReques
                           std::int64_t default_max_tokens) {
   bool want_usage = req.stream && !req.include_usage && ep != Endpoint::embeddings;
   bool want_cap = !req.max_tokens && ep != Endpoint::embeddings;
-  bool one_cap = req.caps_differ();
+  bool one_cap = req.caps_differ() && ep != Endpoint::embeddings;
   if (!want_usage && !want_cap && !one_cap) return std::string(body);
   if ((want_usage && req.has_stream_options) || (want_cap && req.max_tokens_null) || one_cap) {
     // Rare: a field to set is there already (null, or stream_options without include_usage):
