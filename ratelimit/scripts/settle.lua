@@ -29,7 +29,8 @@ for r = 1, #rids do
     released = released + tonumber(amounts[r])
     held_rids[#held_rids + 1] = rid
   end
-  -- If Postgres already committed it (the writer's sync ran first), credits include it already.
+  -- If Postgres already committed it (the writer's sync ran first, or this is a retry after the
+  -- commit: sync.lua marks every committed request), credits include it already.
   if charges[r] > 0 and not redis.call('ZSCORE', KEYS[5], rid)
      and redis.call('HSETNX', KEYS[4], rid, charges[r]) == 1 then
     pending = pending + charges[r]
