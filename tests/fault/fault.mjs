@@ -11,9 +11,11 @@ import kill9 from './scenarios/kill9.mjs';
 import overspend from './scenarios/overspend.mjs';
 import pgDown from './scenarios/pg_down.mjs';
 import redisRestart from './scenarios/redis_restart.mjs';
+import redisStall from './scenarios/redis_stall.mjs';
+import settleRetry from './scenarios/settle_retry.mjs';
 import slowloris from './scenarios/slowloris.mjs';
 
-const all = [kill9, pgDown, redisRestart, overspend, aborts, slowloris, hostile];
+const all = [kill9, pgDown, redisRestart, overspend, aborts, slowloris, hostile, redisStall, settleRetry];
 
 const args = process.argv.slice(2);
 if (args.includes('--list') || args.includes('-h') || args.includes('--help')) {
