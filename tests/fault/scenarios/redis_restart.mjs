@@ -40,7 +40,8 @@ export default {
       // The 20 streams first (each holds its worst case for 12 s), then the clients that want more.
       const streams = Array.from({ length: IN_FLIGHT }, () =>
         send({ base: tg.url, key: small.key, agent: ag2, body: streamBody, timeoutMs: 60_000 }));
-      await sleep(500);
+      // Until the 20 are admitted (a fresh Redis makes admissions wait 1 s for its new epoch).
+      for (let i = 0; i < 50 && (await accountState(small.id)).redis.holds < IN_FLIGHT; ++i) await sleep(100);
       const more = load({
         workers: 4, pauseMs: 20,
         next: () => ({ base: tg.url, key: small.key, agent: ag2, timeoutMs: 10_000, body: shortBody }),
@@ -102,7 +103,8 @@ export default {
       report.figure('requests the upstream answered / usage rows', `${upstream} / ${rows + smallRows}`);
       report.figure('money', describeState(st));
       report.figure('20 holds in flight: account', `${usd(smallStart.credits)} = ${COVERED} worst cases of ${usd(worst)}; ` +
-        `${IN_FLIGHT} streams of ${MAX_TOKENS} chunks ${STREAM_INTERVAL_MS} ms apart: ${statusCounts(streamRes)}`);
+        `${IN_FLIGHT} streams of ${MAX_TOKENS} chunks ${STREAM_INTERVAL_MS} ms apart: ${statusCounts(streamRes)}` +
+        `${streamRes.some((r) => r.status === 402) ? ` (${/\$[0-9.]+ is available/.exec(streamRes.find((r) => r.status === 402).text)?.[0]})` : ''}`);
       report.figure('20 holds in flight: Redis before the stop / 1.5 s after the start',
         `${heldBefore.holds} holds ${usd(heldBefore.held)} / ${heldAfter.holds} holds ${usd(heldAfter.held)}`);
       report.figure('20 holds in flight: the 4 other clients', `before the stop ${statusCounts(more.results.filter((r) => r.t < down0))}; ` +

@@ -1,20 +1,23 @@
-// Settles retried across Redis stalls: three stalls of 400 ms (SIGSTOP, more than two 50 ms
-// deadlines: connections are dropped, settle batches get no answer and are sent again) under
-// load, while the usage writer commits and syncs. A settle that reaches Redis after the
-// writer's sync of the same request must change nothing: at rest pending is 0 and Redis'
-// balance equals Postgres'.
+// Settles retried after the writer's commit, under load: Redis is kept busy by another client's
+// script for 300 ms, 24 times. A settle batch Redis ran just before the busy script gets its
+// answer only after it (Redis writes replies when its event-loop turn ends), past the 50 ms
+// deadline: tollgate sends it again, and the usage writer meanwhile commits those requests and
+// syncs them (sync.lua drops their pending charges). When the busy script ends, the retry and
+// the sync run in either order. A retry that runs after the sync must change nothing: at rest
+// pending is 0 and Redis' balance equals Postgres'.
 import { Namespace, accountState, describeState, usd } from '../lib/accounts.mjs';
 import { agent, chatBody, load, statusCounts } from '../lib/client.mjs';
-import { sleep, startStub, startTollgate } from '../lib/procs.mjs';
+import { redis, sleep, startStub, startTollgate } from '../lib/procs.mjs';
 import { quiesce } from './kill9.mjs';
-import { stallRedis } from './redis_stall.mjs';
 
-const STALLS = 3;
-const STALL_MS = 400;
+const STALLS = 24;
+const STALL_MS = 300;
+const BUSY = "local t = redis.call('TIME') local t0 = t[1] * 1e6 + t[2] " +
+  "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - t0 >= tonumber(ARGV[1]) return 1";
 
 export default {
   name: 'settle_retry',
-  about: `${STALLS} Redis stalls of ${STALL_MS} ms under load: settles sent again, pending back to 0`,
+  about: `Redis busy ${STALLS} times for ${STALL_MS} ms under load: settles sent again, pending back to 0`,
   async run(report) {
     const ns = new Namespace('sr');
     await ns.setup();
@@ -34,8 +37,8 @@ export default {
       });
       await sleep(1500);
       for (let i = 0; i < STALLS; ++i) {
-        await stallRedis(STALL_MS);
-        await sleep(800);
+        await redis('EVAL', BUSY, '0', String(STALL_MS * 1000));
+        await sleep(200);
       }
       await sleep(1000);
       await L.stop();
