@@ -217,10 +217,11 @@ boost::asio::awaitable<void> Admitter::settle_batch(std::vector<Settlement> batc
       reply = std::move(again.second);
     }
     if (ec || reply.is_error()) {
-      const bool keep = retry_settles_.size() + n <= retry_settles_max;
+      // No answer: sent again later. An error reply would be the same next time: not kept.
+      const bool keep = ec && retry_settles_.size() + n <= retry_settles_max;
       spdlog::warn("settle of {} request(s) in Redis failed ({}), first {}; {}", n, ec ? ec.message() : reply.str,
                    batch.front().request_id,
-                   keep ? "sent again when Redis answers" : "too many waiting: their holds expire by themselves");
+                   keep ? "sent again when Redis answers" : "their holds expire by themselves");
       if (keep) {
         for (auto& s : batch) {
           s.resent = true;
