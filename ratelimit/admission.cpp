@@ -116,6 +116,7 @@ boost::asio::awaitable<std::pair<boost::system::error_code, RedisReply>> Admitte
     argv[1] = script(id).source;
     res = co_await redis_.command(std::move(argv), cfg_.timeout);
   }
+  if (res.first) verify_epoch_ = true;  // no answer: Redis may have restarted or failed over
   co_return res;
 }
 

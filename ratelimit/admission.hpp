@@ -266,12 +266,19 @@ class Admitter {
     std::int64_t expiry_ms = 0;  ///< Unix ms
   };
   boost::asio::awaitable<void> tick(std::shared_ptr<bool> alive);
-  /// Compares the Redis epoch (and run_id) with ours; recovers when it changed.
+  /// Compares the Redis epoch with ours, and Redis' run_id with the epoch's (every 5th poll, and
+  /// after any command of ours got no answer: a restart or failover drops connections);
+  /// recovers when either changed.
   boost::asio::awaitable<void> poll_epoch();
   /// Calls epoch.lua (makes a new epoch if there is none or Redis' run_id changed); empty on error.
   boost::asio::awaitable<std::string> current_epoch();
   /// Re-registers our holds and the process' pending charges under `epoch`; true when done.
   boost::asio::awaitable<bool> recover(std::string epoch);
+  struct RestoreJoin;
+  /// restore.lua for one account (the calls of a recovery are pipelined).
+  boost::asio::awaitable<void> restore_account(std::shared_ptr<RestoreJoin> join, std::string epoch,
+                                               std::string account, std::vector<std::string> holds,
+                                               std::vector<std::string> charges);
   boost::asio::awaitable<void> sweep();
   void flush_extensions();
   boost::asio::awaitable<void> send_extensions(std::string account, std::vector<std::string> args);
@@ -291,6 +298,8 @@ class Admitter {
   std::int64_t fence_until_ms_ = 0;   ///< Unix ms
   std::uint64_t generation_ = 0;      ///< recoveries so far
   bool recovering_ = false;
+  bool verify_epoch_ = true;          ///< check run_id before the next admission
+  unsigned polls_ = 0;
   std::int64_t next_sweep_ms_ = 0;
   std::unordered_map<std::string, LiveHold> live_holds_;  ///< by request id
   struct Extension {

@@ -119,6 +119,7 @@ boost::asio::awaitable<void> Admitter::run_batch(std::string account) {
     AccountKeys ak(account);
     bool balance_loaded = false, recovered = false;
     while (!todo.empty()) {
+      if (verify_epoch_ && !epoch_.empty()) co_await poll_epoch();  // after a connection problem
       co_await wait_fence();
       // The distinct windows of the batch (window_ms, buckets), then each request.
       std::vector<std::string> keys{ak.balance, ak.holds, ak.hold_amounts, ak.released, epoch_key, holds_due_key};

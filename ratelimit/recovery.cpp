@@ -126,15 +126,17 @@ boost::asio::awaitable<void> Admitter::tick(std::shared_ptr<bool> alive) {
 boost::asio::awaitable<void> Admitter::poll_epoch() {
   auto alive = alive_;
   std::vector<std::string> get{"GET", epoch_key};
+  const bool check_run_id = verify_epoch_ || ++polls_ % 5 == 0;
   auto [ec, value] = co_await redis_.command(get, cfg_.timeout);
   if (ec || !*alive || recovering_) co_return;
   bool changed = value.type != RedisReply::Type::string || value.str != epoch_;
-  if (!changed) {
+  if (!changed && check_run_id) {
     std::vector<std::string> info{"INFO", "server"};
     auto [iec, server] = co_await redis_.command(info, cfg_.timeout);
     if (iec || !*alive || server.type != RedisReply::Type::string) co_return;
     const std::string run_id = info_run_id(server.str);
     changed = !run_id.empty() && run_id != epoch_run_id(value.str);  // restarted, or failed over
+    verify_epoch_ = false;
   }
   if (!changed) co_return;
   std::string epoch = co_await current_epoch();
@@ -153,6 +155,17 @@ boost::asio::awaitable<std::string> Admitter::current_epoch() {
   }
   co_return reply.str;
 }
+
+/// The restore.lua calls of one recovery in flight: how many are left, whether all succeeded,
+/// and a timer that never expires by itself, cancelled when the last one is answered.
+struct Admitter::RestoreJoin {
+  explicit RestoreJoin(const boost::asio::any_io_executor& ex) : done(ex) {
+    done.expires_at(boost::asio::steady_timer::time_point::max());
+  }
+  boost::asio::steady_timer done;
+  std::size_t left = 0;
+  bool ok = true;
+};
 
 boost::asio::awaitable<bool> Admitter::recover(std::string epoch) {
   if (epoch == epoch_) co_return true;  // done meanwhile (by the periodic task)
@@ -180,21 +193,15 @@ boost::asio::awaitable<bool> Admitter::recover(std::string epoch) {
     g.push_back(std::to_string(c.charge));
     ++charges;
   }
-  bool ok = true;
-  for (auto& [account, g] : groups) {
-    AccountKeys ak(account);
-    std::vector<std::string> keys{ak.balance, ak.holds, ak.hold_amounts, ak.pending, ak.committed, holds_due_key, epoch_key};
-    std::vector<std::string> args{epoch, account, std::to_string(now), std::to_string(g.holds.size() / 3)};
-    args.insert(args.end(), std::make_move_iterator(g.holds.begin()), std::make_move_iterator(g.holds.end()));
-    args.insert(args.end(), std::make_move_iterator(g.charges.begin()), std::make_move_iterator(g.charges.end()));
-    auto [ec, reply] = co_await eval(script_restore, keys, args);
-    if (!*alive) co_return false;
-    if (ec || reply.is_error()) {
-      spdlog::warn("re-registering the holds of {} in Redis failed: {}", account, ec ? ec.message() : reply.str);
-      ok = false;
-      break;
-    }
-  }
+  // One restore.lua per account, all pipelined on the connection.
+  auto join = std::make_shared<RestoreJoin>(ex_);
+  join->left = groups.size();
+  for (auto& [account, g] : groups)
+    boost::asio::co_spawn(ex_, restore_account(join, epoch, account, std::move(g.holds), std::move(g.charges)),
+                          boost::asio::detached);
+  if (join->left > 0) co_await join->done.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
+  if (!*alive) co_return false;
+  const bool ok = join->ok;
   if (ok) {
     if (epoch_.empty())
       spdlog::info("Redis epoch {}: registered {} hold(s) and {} pending charge(s)", epoch, holds, charges);
@@ -208,6 +215,29 @@ boost::asio::awaitable<bool> Admitter::recover(std::string epoch) {
   }
   recovering_ = false;
   co_return ok;
+}
+
+boost::asio::awaitable<void> Admitter::restore_account(std::shared_ptr<RestoreJoin> join, std::string epoch,
+                                                       std::string account, std::vector<std::string> holds,
+                                                       std::vector<std::string> charges) {
+  auto alive = alive_;
+  AccountKeys ak(account);
+  std::vector<std::string> keys{ak.balance, ak.holds, ak.hold_amounts, ak.pending, ak.committed, holds_due_key, epoch_key};
+  std::vector<std::string> args{epoch, account, std::to_string(now_ms()), std::to_string(holds.size() / 3)};
+  args.insert(args.end(), std::make_move_iterator(holds.begin()), std::make_move_iterator(holds.end()));
+  args.insert(args.end(), std::make_move_iterator(charges.begin()), std::make_move_iterator(charges.end()));
+  bool ok = false;
+  try {
+    auto [ec, reply] = co_await eval(script_restore, keys, args);
+    ok = !ec && !reply.is_error();
+    if (!ok && *alive)
+      spdlog::warn("re-registering the holds of {} in Redis failed: {}", account, ec ? ec.message() : reply.str);
+  } catch (const std::exception& e) {
+    spdlog::error("re-registering the holds of {}: {}", account, e.what());
+  }
+  if (!*alive) co_return;
+  join->ok = join->ok && ok;
+  if (--join->left == 0) join->done.cancel();
 }
 
 boost::asio::awaitable<void> Admitter::wait_fence() {
