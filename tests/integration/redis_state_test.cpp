@@ -253,3 +253,26 @@ TEST_CASE("redis state: a release by request id that reaches Redis before its ad
   REQUIRE(fx.sync.command(release));
   CHECK(fx.field("held") == 1);
 }
+
+TEST_CASE("redis state: an epoch made under another run_id (a promoted replica lacking recent writes) is made "
+          "anew and the holds registered again") {
+  Fixture fx;
+  Instance a(fx.ioc, fx.cfg, fx.postgres_credits);
+  fx.fund(10'000);
+  REQUIRE(fx.admit(a.admitter, "h-0", 1000).verdict == Verdict::admitted);
+  REQUIRE(fx.admit(a.admitter, "h-1", 2000).verdict == Verdict::admitted);
+  const std::string before = a.admitter.epoch();
+  // The promoted replica has the epoch its old primary made (that primary's run_id), but lacks
+  // the two holds, written just before the failover.
+  const std::string replicated = before.substr(0, before.rfind(':') + 1) + "00000000000000000000000000000000deadbeef";
+  REQUIRE(fx.sync.command(test::args("SET", epoch_key, replicated)));
+  REQUIRE(fx.sync.command(test::args("DEL", fx.ak.holds, fx.ak.hold_amounts)));
+  REQUIRE(fx.sync.command(test::args("HSET", fx.ak.balance, "held", "0")));
+  fx.run_for(3 * Admitter::epoch_poll_interval);
+  const std::string after = a.admitter.epoch();
+  CHECK(after != before);
+  CHECK(after != replicated);
+  CHECK(after.substr(after.rfind(':')) == before.substr(before.rfind(':')));  // this Redis' run_id
+  CHECK(fx.holds() == 2);
+  CHECK(fx.field("held") == 3000);
+}
