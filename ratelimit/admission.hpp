@@ -191,9 +191,11 @@ class Admitter {
   /// client is waiting for, are not queued in Redis behind settles, and under load one script
   /// call settles many requests. Holds are released at most ~settle_delay + a round trip late.
   /// A batch Redis did not answer (deadline passed, connection dropped) is sent once more
-  /// (settle.lua is idempotent). Errors are logged (the holds then expire by themselves after
-  /// `hold_ttl`); on_settled is called either way. A batch that failed twice is sent again
-  /// by the periodic task until Redis takes it (up to `retry_settles_max` settles).
+  /// (settle.lua is idempotent). A batch that got no answer twice is sent again by the periodic
+  /// task until Redis takes it (up to `retry_settles_max` settles; beyond that, and after an
+  /// error reply, it is logged and its holds expire by themselves after `hold_ttl`); on_settled
+  /// is called once either way. The settle also moves the request from the holds in flight to
+  /// the pending charges (PendingCharges) until Postgres commits it.
   void settle(Settlement s);
   /// Moves the expiry of a live request's hold to now + hold_ttl (see Admission::keep_alive);
   /// extensions of one event-loop turn go to Redis as one extend.lua call per account.
