@@ -322,6 +322,7 @@ awaitable<beast::error_code> exchange(Stream& up, beast::flat_buffer& upbuf, bea
       break;
     }
     std::size_t got = sizeof buf - bp.get().body().size;
+    if (ctx.admission) ctx.admission->keep_alive();  // a live stream's hold does not expire
     batch.clear();
     splitter.feed(std::string_view(buf, got),
                   [&](std::string_view ev) { relay_event(ev, ctx, cfg.upstream_key, out, batch); });

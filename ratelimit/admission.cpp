@@ -20,6 +20,10 @@ using detail::now_ms;
 extern const char* const embedded_admit_lua;
 extern const char* const embedded_settle_lua;
 extern const char* const embedded_sync_lua;
+extern const char* const embedded_epoch_lua;
+extern const char* const embedded_restore_lua;
+extern const char* const embedded_sweep_lua;
+extern const char* const embedded_extend_lua;
 
 namespace {
 
@@ -33,8 +37,10 @@ struct Script {
 };
 
 const Script& script(int id) {
-  static const Script scripts[] = {Script(embedded_admit_lua), Script(embedded_settle_lua),
-                                   Script(embedded_sync_lua)};
+  static const Script scripts[] = {Script(embedded_admit_lua),   Script(embedded_settle_lua),
+                                   Script(embedded_sync_lua),    Script(embedded_epoch_lua),
+                                   Script(embedded_restore_lua), Script(embedded_sweep_lua),
+                                   Script(embedded_extend_lua)};
   return scripts[id];
 }
 
@@ -52,7 +58,7 @@ const std::string& script_sha(int id) { return script(id).sha; }
 
 AccountKeys::AccountKeys(const std::string& a)
     : balance("tg:{" + a + "}:bal"), holds("tg:{" + a + "}:holds"), hold_amounts("tg:{" + a + "}:hamt"),
-      pending("tg:{" + a + "}:pend"), committed("tg:{" + a + "}:done") {}
+      pending("tg:{" + a + "}:pend"), committed("tg:{" + a + "}:done"), released("tg:{" + a + "}:rel") {}
 
 std::vector<Window> windows_for(const keys::KeyRecord& k, std::int64_t token_estimate) {
   std::vector<Window> out;
@@ -85,9 +91,14 @@ std::vector<Window> windows_for(const keys::KeyRecord& k, std::int64_t token_est
 }
 
 Admitter::Admitter(boost::asio::any_io_executor ex, RedisConnection& redis, const AdmissionConfig& cfg,
-                   BalanceLoader load_balance, SettledFn on_settled)
-    : ex_(std::move(ex)), settle_timer_(ex_), redis_(redis), cfg_(cfg), load_balance_(std::move(load_balance)),
-      on_settled_(std::move(on_settled)) {}
+                   BalanceLoader load_balance, SettledFn on_settled, PendingCharges* pending)
+    : ex_(std::move(ex)), settle_timer_(ex_), tick_timer_(ex_), redis_(redis), cfg_(cfg),
+      load_balance_(std::move(load_balance)), on_settled_(std::move(on_settled)),
+      pending_(pending ? *pending : PendingCharges::process()) {
+  boost::asio::co_spawn(ex_, tick(alive_), boost::asio::detached);
+}
+
+Admitter::~Admitter() { *alive_ = false; }
 
 boost::asio::awaitable<std::pair<boost::system::error_code, RedisReply>> Admitter::eval(
     int id, const std::vector<std::string>& keys, const std::vector<std::string>& args) {
@@ -105,6 +116,7 @@ boost::asio::awaitable<std::pair<boost::system::error_code, RedisReply>> Admitte
     argv[1] = script(id).source;
     res = co_await redis_.command(std::move(argv), cfg_.timeout);
   }
+  if (res.first) verify_epoch_ = true;  // no answer: Redis may have restarted or failed over
   co_return res;
 }
 
@@ -121,6 +133,13 @@ void Admitter::release_unanswered(const std::string& account, const std::string&
 }
 
 void Admitter::settle(Settlement s) {
+  if (!s.resent) {
+    if (!s.release_only) {
+      live_holds_.erase(s.request_id);
+      pending_.add(s.account, s.request_id, s.charge);  // until Postgres committed it
+    }
+    s.generation = generation_;
+  }
   queued_.push_back(std::move(s));
   if (batches_in_flight_ > 0) return;  // the batch's completion sends what queued meanwhile
   if (queued_.size() >= settle_batch_max) {
@@ -162,23 +181,26 @@ void Admitter::flush_settles() {
 boost::asio::awaitable<void> Admitter::settle_batch(std::vector<Settlement> batch) {
   const std::size_t n = batch.size();
   const auto counted = static_cast<std::size_t>(
-      std::count_if(batch.begin(), batch.end(), [](const Settlement& s) { return !s.release_only; }));
+      std::count_if(batch.begin(), batch.end(), [](const Settlement& s) { return !s.release_only && !s.resent; }));
   try {
     AccountKeys ak(batch.front().account);
-    std::vector<std::string> keys{ak.balance, ak.holds, ak.hold_amounts, ak.pending, ak.committed};
-    std::vector<std::string> args;
-    args.reserve(3 * n);
+    std::vector<std::string> keys{ak.balance, ak.holds, ak.hold_amounts, ak.pending, ak.committed, ak.released};
+    std::vector<std::string> args{std::to_string(now_ms()), std::to_string(cfg_.hold_ttl.count())};
+    args.reserve(2 + 3 * n);
     for (const auto& s : batch) {
       args.push_back(s.request_id);
-      args.push_back(std::to_string(s.charge));
+      // A settle queued before Redis lost its state: restore.lua re-registered its charge if it
+      // is not committed yet; if it is, Postgres' balance has it and Redis' marker is gone.
+      const bool stale = s.generation != generation_ && !pending_.contains(s.request_id);
+      args.push_back(s.release_only ? "-1" : std::to_string(stale ? 0 : s.charge));
       const std::size_t count_at = args.size();
       args.emplace_back();
       int windows = 0;
       for (const auto& w : s.windows) {
         if (!w.tokens) continue;
-        auto k = std::find(keys.begin() + 5, keys.end(), w.key);
+        auto k = std::find(keys.begin() + 6, keys.end(), w.key);
         if (k == keys.end()) k = keys.insert(keys.end(), w.key);
-        args.push_back(std::to_string(k - keys.begin() - 4));  // 1-based after the 5 account keys
+        args.push_back(std::to_string(k - keys.begin() - 5));  // 1-based after the 6 account keys
         args.push_back(std::to_string(w.bucket));
         args.push_back(std::to_string(s.actual_tokens - s.token_estimate));
         ++windows;
@@ -195,9 +217,19 @@ boost::asio::awaitable<void> Admitter::settle_batch(std::vector<Settlement> batc
       ec = again.first;
       reply = std::move(again.second);
     }
-    if (ec || reply.is_error())
-      spdlog::warn("settle of {} request(s) in Redis failed ({}), first {}; their holds expire by themselves", n,
-                   ec ? ec.message() : reply.str, batch.front().request_id);
+    if (ec || reply.is_error()) {
+      // No answer: sent again later. An error reply would be the same next time: not kept.
+      const bool keep = ec && retry_settles_.size() + n <= retry_settles_max;
+      spdlog::warn("settle of {} request(s) in Redis failed ({}), first {}; {}", n, ec ? ec.message() : reply.str,
+                   batch.front().request_id,
+                   keep ? "sent again when Redis answers" : "their holds expire by themselves");
+      if (keep) {
+        for (auto& s : batch) {
+          s.resent = true;
+          retry_settles_.push_back(std::move(s));
+        }
+      }
+    }
   } catch (const std::exception& e) {
     spdlog::error("settle of {} request(s) failed: {}", n, e.what());
   }
@@ -214,6 +246,7 @@ boost::asio::awaitable<void> Admitter::settle_batch(std::vector<Settlement> batc
 
 bool sync_balance(RedisSyncClient& redis, const std::string& account, pricing::Micros credits,
                   std::int64_t version, const std::vector<std::string>& committed_request_ids) {
+  PendingCharges::process().committed(committed_request_ids);  // in Postgres' balance now
   AccountKeys ak(account);
   std::vector<std::string> argv{"EVALSHA", script(script_sync).sha, "3", ak.balance, ak.pending, ak.committed,
                                 std::to_string(credits), std::to_string(version), std::to_string(now_ms())};

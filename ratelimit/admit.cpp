@@ -85,6 +85,9 @@ bool read_verdict(const RedisReply& r, Admission& a, bool& uncached) {
     case 3:
       uncached = true;
       return true;
+    case 4:  // released already (answered 503 before Redis ran it)
+      a.verdict = Verdict::unavailable;
+      return true;
     default:
       return false;
   }
@@ -114,11 +117,14 @@ boost::asio::awaitable<void> Admitter::run_batch(std::string account) {
   for (auto& c : batch) todo.push_back(c.get());
   try {
     AccountKeys ak(account);
-    for (int attempt = 0; attempt < 2 && !todo.empty(); ++attempt) {
+    bool balance_loaded = false, recovered = false;
+    while (!todo.empty()) {
+      if (verify_epoch_ && !epoch_.empty()) co_await poll_epoch();  // after a connection problem
+      co_await wait_fence();
       // The distinct windows of the batch (window_ms, buckets), then each request.
-      std::vector<std::string> keys{ak.balance, ak.holds, ak.hold_amounts};
+      std::vector<std::string> keys{ak.balance, ak.holds, ak.hold_amounts, ak.released, epoch_key, holds_due_key};
       const std::int64_t sent_at = now_ms();
-      std::vector<std::string> args{std::to_string(sent_at), std::to_string(cfg_.hold_ttl.count()), ""};
+      std::vector<std::string> args{std::to_string(sent_at), std::to_string(cfg_.hold_ttl.count()), epoch_, account, ""};
       std::vector<std::string> requests;
       std::unordered_map<std::string, std::size_t> window_index;
       for (AdmitCall* c : todo) {
@@ -139,9 +145,24 @@ boost::asio::awaitable<void> Admitter::run_batch(std::string account) {
           requests.push_back(std::to_string(w.cost));
         }
       }
-      args[2] = std::to_string(window_index.size());
+      args[4] = std::to_string(window_index.size());
       args.insert(args.end(), std::make_move_iterator(requests.begin()), std::make_move_iterator(requests.end()));
       auto [ec, reply] = co_await eval(script_admit, keys, args);
+      if (!ec && reply.is_error() && reply.str.rfind("TGEPOCH", 0) == 0) {
+        // Redis lost its state, or this Admitter has not registered its holds under its epoch
+        // yet (first contact): re-register, then try again (unless fenced meanwhile).
+        if (recovered) break;
+        recovered = true;
+        std::string epoch;
+        if (reply.str.size() > 8)
+          epoch = reply.str.substr(8);
+        else
+          epoch = co_await current_epoch();  // none: make one
+        if (epoch.empty()) break;
+        const bool restored = co_await recover(epoch);
+        if (!restored) break;
+        continue;
+      }
       if (ec || reply.type != RedisReply::Type::array || reply.elements.size() != todo.size()) {
         if (!ec) spdlog::error("admission script: unexpected reply {}", reply.str);
         // Refused connections never ran it; anything else (a timeout, a dropped link) may have.
@@ -152,17 +173,25 @@ boost::asio::awaitable<void> Admitter::run_batch(std::string account) {
       std::vector<AdmitCall*> uncached;
       for (std::size_t i = 0; i < todo.size(); ++i) {
         bool not_cached = false;
-        if (!read_verdict(reply.elements[i], todo[i]->result, not_cached)) {
+        Admission& a = todo[i]->result;
+        if (!read_verdict(reply.elements[i], a, not_cached)) {
           spdlog::error("admission script: unexpected reply for {}", todo[i]->request_id);
-          todo[i]->result.verdict = Verdict::unavailable;
+          a.verdict = Verdict::unavailable;
         } else if (not_cached) {
           uncached.push_back(todo[i]);
-        } else if (todo[i]->result.verdict == Verdict::rate_limited) {
-          remember_full(todo[i]->result, sent_at);
+        } else if (a.verdict == Verdict::rate_limited) {
+          remember_full(a, sent_at);
+        } else if (a.verdict == Verdict::admitted) {
+          // Known until settled: re-registered if Redis loses its state, extended while alive.
+          live_holds_[todo[i]->request_id] = LiveHold{account, todo[i]->hold, sent_at + cfg_.hold_ttl.count()};
+          a.admitter = this;
+          a.request_id = todo[i]->request_id;
+          a.extend_at_ms = sent_at + cfg_.hold_ttl.count() / 3;
         }
       }
       todo = std::move(uncached);
-      if (todo.empty() || attempt == 1) break;
+      if (todo.empty() || balance_loaded) break;
+      balance_loaded = true;
       const BalanceLoad loaded = co_await cache_balance(account);
       if (loaded == BalanceLoad::unknown_account) {
         for (AdmitCall* c : todo) c->result.verdict = Verdict::insufficient_balance;

@@ -6,22 +6,34 @@
 -- KEYS[1] balance hash {credits, version, held, pending}   (credit units, 1e-6 USD)
 -- KEYS[2] holds zset   request_id -> expiry (ms)
 -- KEYS[3] hold amounts hash request_id -> amount
--- KEYS[3+j] window j hash {t = total, o = oldest live bucket, <bucket index> = count}
--- ARGV: now_ms, hold_ttl_ms, n_windows, then per window j: window_ms, buckets,
+-- KEYS[4] released zset request_id -> when (settle.lua: admissions answered 503, released)
+-- KEYS[5] the Redis epoch string (epoch.lua), KEYS[6] the holds-due zset account -> earliest
+--         expiry of its holds (sweep.lua)
+-- KEYS[6+j] window j hash {t = total, o = oldest live bucket, <bucket index> = count}
+-- ARGV: now_ms, hold_ttl_ms, epoch, account, n_windows, then per window j: window_ms, buckets,
 --       then per request: request_id, hold, overdraft, m, then m times: window j, limit, cost
 -- Returns one array per request: {status, detail, retry_after_ms, then per window of the
 -- request: remaining, reset_ms, bucket}
 --   status 0 admitted (detail = available after the hold) | 1 rate limited (detail = index of
 --          the window among the request's) | 2 insufficient balance (detail = available) |
---          3 balance not cached
+--          3 balance not cached | 4 released already (its instance answered 503 and released
+--          it by request id before this ran: no hold)
+-- or the error "TGEPOCH <epoch>" (nothing done) when the Redis epoch is not the caller's: Redis
+-- lost its state (restart without persistence, FLUSHALL, failover) or the caller has not yet
+-- re-registered its holds under this epoch.
+if redis.call('GET', KEYS[5]) ~= ARGV[3] then
+  return redis.error_reply('TGEPOCH ' .. (redis.call('GET', KEYS[5]) or ''))
+end
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
-local nwin = tonumber(ARGV[3])
+local account = ARGV[4]
+local nwin = tonumber(ARGV[5])
+local released = redis.call('EXISTS', KEYS[4]) == 1
 
 local wins = {}
 for j = 1, nwin do
-  local a = 3 + (j - 1) * 2
-  local w = {key = KEYS[3 + j], win = tonumber(ARGV[a + 1]), nb = tonumber(ARGV[a + 2]), added = 0, counts = {}}
+  local a = 5 + (j - 1) * 2
+  local w = {key = KEYS[6 + j], win = tonumber(ARGV[a + 1]), nb = tonumber(ARGV[a + 2]), added = 0, counts = {}}
   w.g = math.floor(w.win / w.nb)
   w.cur = math.floor(now / w.g)
   local lo = w.cur - w.nb            -- buckets lo..cur are counted (nb + 1 of them)
@@ -92,7 +104,7 @@ if cached then
 end
 
 local out, hold_scores, hold_amounts = {}, {}, {}
-local i = 4 + 2 * nwin
+local i = 6 + 2 * nwin
 while i <= #ARGV do
   local rid, hold, overdraft, m = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
   local rw = {}
@@ -102,7 +114,8 @@ while i <= #ARGV do
   end
   i = i + 4 + 3 * m
   local status, detail, retry = 0, 0, 0
-  for k = 1, m do
+  if released and redis.call('ZSCORE', KEYS[4], rid) then status = 4 end
+  for k = 1, status == 0 and m or 0 do
     local x = rw[k]
     if x.w.total + x.cost > x.limit then
       status, detail, retry = 1, k, retry_after(x.w, x.limit, x.cost)
@@ -156,5 +169,7 @@ if held_changed then redis.call('HSET', KEYS[1], 'held', held) end
 if #hold_scores > 0 then
   redis.call('ZADD', KEYS[2], unpack(hold_scores))
   redis.call('HSET', KEYS[3], unpack(hold_amounts))
+  -- The sweep at rest visits the account when its earliest hold may have expired.
+  redis.call('ZADD', KEYS[6], 'LT', now + ttl, account)
 end
 return out

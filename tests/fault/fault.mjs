@@ -13,10 +13,12 @@ import kill9 from './scenarios/kill9.mjs';
 import overspend from './scenarios/overspend.mjs';
 import pgDown from './scenarios/pg_down.mjs';
 import redisRestart from './scenarios/redis_restart.mjs';
+import redisStall from './scenarios/redis_stall.mjs';
+import settleRetry from './scenarios/settle_retry.mjs';
 import sigterm from './scenarios/sigterm.mjs';
 import slowloris from './scenarios/slowloris.mjs';
 
-const all = [kill9, sigterm, pgDown, redisRestart, overspend, aborts, slowloris, hostile, hostileClient, emfile];
+const all = [kill9, sigterm, pgDown, redisRestart, redisStall, settleRetry, overspend, aborts, slowloris, hostile, hostileClient, emfile];
 
 const args = process.argv.slice(2);
 if (args.includes('--list') || args.includes('-h') || args.includes('--help')) {

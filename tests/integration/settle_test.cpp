@@ -341,3 +341,30 @@ TEST_CASE("admission: a hold placed by a script answered after the deadline is r
   CHECK(count(fx.sync, "ZCARD", ak.holds) == 1);  // the warm-up's hold only
   CHECK(field(fx.sync, window, "t") == tokens_before);
 }
+
+TEST_CASE("settle: a settle retried after the writer committed it changes nothing (pending returns to 0)") {
+  Fixture fx;
+  const std::string a = random_id();
+  fx.fund(a, 10'000'000);
+  auto k = key_for(a);
+  auto batch = admitted(fx, k, 3);
+  AccountKeys ak(a);
+  for (const auto& s : batch) fx.admitter.settle(s);
+  fx.run_until_settled(3);
+  REQUIRE(field(fx.sync, ak.balance, "pending") == 7 + 8 + 9);
+
+  // The usage writer commits the three to Postgres and syncs: credits include them now.
+  std::vector<std::string> ids;
+  for (const auto& s : batch) ids.push_back(s.request_id);
+  REQUIRE(sync_balance(fx.sync, a, 10'000'000 - (7 + 8 + 9), 2, ids));
+  CHECK(field(fx.sync, ak.balance, "pending") == 0);
+  CHECK(count(fx.sync, "HLEN", ak.pending) == 0);
+
+  // The same settles again (a retry whose first attempt's answer was lost): nothing changes.
+  for (const auto& s : batch) fx.admitter.settle(s);
+  fx.run_until_settled(6);
+  CHECK(field(fx.sync, ak.balance, "pending") == 0);
+  CHECK(count(fx.sync, "HLEN", ak.pending) == 0);
+  CHECK(field(fx.sync, ak.balance, "held") == 0);
+  CHECK(field(fx.sync, ak.balance, "credits") == 10'000'000 - (7 + 8 + 9));
+}

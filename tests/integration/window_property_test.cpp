@@ -46,12 +46,22 @@ std::vector<Arrival> arrivals(std::mt19937_64& rng, std::int64_t window, std::in
   return out;
 }
 
+/// The current Redis epoch (made if there is none), which admit.lua wants named.
+std::string redis_epoch(RedisSyncClient& redis) {
+  auto r = redis.command({"EVAL", script_source(script_epoch), "1", epoch_key, "windowtest"});
+  REQUIRE(r);
+  REQUIRE(r->type == RedisReply::Type::string);
+  return r->str;
+}
+
 /// admit.lua's ARGV for `n` requests at time `t` against one window (hold 0, no overdraft).
-std::vector<std::string> admit_args(const std::string& tag, std::int64_t t, std::int64_t limit, std::int64_t window,
-                                    int buckets, const std::vector<std::pair<std::string, std::int64_t>>& requests) {
+std::vector<std::string> admit_args(RedisSyncClient& redis, const std::string& tag, std::int64_t t, std::int64_t limit,
+                                    std::int64_t window, int buckets,
+                                    const std::vector<std::pair<std::string, std::int64_t>>& requests) {
   AccountKeys ak(tag);
-  std::vector<std::string> argv{"EVAL", script_source(script_admit), "4", ak.balance, ak.holds, ak.hold_amounts,
-                                "tg:{" + tag + "}:a:prop", std::to_string(t), "600000", "1",
+  std::vector<std::string> argv{"EVAL", script_source(script_admit), "7", ak.balance, ak.holds, ak.hold_amounts,
+                                ak.released, epoch_key, holds_due_key, "tg:{" + tag + "}:a:prop",
+                                std::to_string(t), "600000", redis_epoch(redis), tag, "1",
                                 std::to_string(window), std::to_string(buckets)};
   for (const auto& [rid, cost] : requests) {
     for (const std::string& v : {rid, std::string("0"), std::string("0"), std::string("1"), std::string("1"),
@@ -76,7 +86,7 @@ std::vector<bool> run_script(RedisSyncClient& redis, const std::string& tag, con
       requests.emplace_back("r" + std::to_string(j), as[j].cost);
       ++j;
     } while (batched && j < as.size() && as[j].t == as[i].t);
-    auto r = redis.command(admit_args(tag, as[i].t, limit, window, buckets, requests));
+    auto r = redis.command(admit_args(redis, tag, as[i].t, limit, window, buckets, requests));
     REQUIRE(r);
     REQUIRE(r->type == RedisReply::Type::array);
     REQUIRE(r->elements.size() == requests.size());
@@ -87,6 +97,7 @@ std::vector<bool> run_script(RedisSyncClient& redis, const std::string& tag, con
   REQUIRE(len);
   CHECK(len->integer <= buckets + 3);  // memory bounded, whatever the traffic
   redis.command({"DEL", wkey, ak.balance, ak.holds, ak.hold_amounts});
+  redis.command({"ZREM", holds_due_key, tag});
   return admitted;
 }
 
@@ -186,10 +197,11 @@ TEST_CASE("sliding windows: buckets expired by a refused request stay expired") 
   const std::string tag = "stale" + std::to_string(std::random_device{}());
   AccountKeys ak(tag);
   const std::string wkey = "tg:{" + tag + "}:a:stale";
+  const std::string epoch = redis_epoch(redis);
   auto admit = [&](std::int64_t t, const std::string& rid) {
-    std::vector<std::string> argv{"EVAL", script_source(script_admit), "4", ak.balance, ak.holds, ak.hold_amounts,
-                                  wkey, std::to_string(t), "600000", "1", "60000", "60",
-                                  rid, "1", "0", "1", "1", "5", "1"};
+    std::vector<std::string> argv{"EVAL", script_source(script_admit), "7", ak.balance, ak.holds, ak.hold_amounts,
+                                  ak.released, epoch_key, holds_due_key, wkey, std::to_string(t), "600000", epoch,
+                                  tag, "1", "60000", "60", rid, "1", "0", "1", "1", "5", "1"};
     auto r = redis.command(argv);
     REQUIRE(r);
     REQUIRE(r->type == RedisReply::Type::array);
@@ -205,4 +217,5 @@ TEST_CASE("sliding windows: buckets expired by a refused request stay expired") 
   REQUIRE(redis.command({"HSET", ak.balance, "credits", "1000000"}));
   CHECK(admit(t0 + 62'001, "after") == 0);
   redis.command({"DEL", wkey, ak.balance, ak.holds, ak.hold_amounts});
+  redis.command({"ZREM", holds_due_key, tag});
 }
