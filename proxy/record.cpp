@@ -26,6 +26,48 @@ sql::Intent intent_of(const RequestCtx& ctx) {
   return i;
 }
 
+Bill bill(const Outcome& out, std::size_t body_bytes, pricing::Micros hold, const pricing::PricingSnapshot& prices,
+          const std::string& model, bool cost_from_upstream) {
+  Bill b;
+  std::optional<pricing::Picos> reported_cost;
+  const bool ok_status = out.status >= 200 && out.status < 300;
+  const bool usable = out.usage && !out.usage->implausible && !out.undelivered_output;
+  if (usable) {
+    b.prompt_tokens = out.usage->prompt_tokens;
+    b.completion_tokens = out.usage->completion_tokens;
+    if (cost_from_upstream && out.usage->cost_usd) reported_cost = pricing::parse_decimal(*out.usage->cost_usd, 12);
+  } else if (out.delivered_chunks > 0 || (ok_status && out.delivered_bytes > 0)) {
+    // No usage to believe (the stream ended without it, the client left before output it
+    // counts reached it, or the upstream sent none, garbage, negative or absurd counts): bill
+    // what was delivered — one token per content event, or ~4 bytes per token of a JSON body —
+    // and the prompt as the upstream counted it when plausible, else at ~4 bytes per token.
+    bool prompt_known = out.usage && !out.usage->implausible;
+    b.prompt_tokens = prompt_known ? out.usage->prompt_tokens : static_cast<std::int64_t>((body_bytes + 3) / 4);
+    b.completion_tokens = out.delivered_chunks > 0 ? std::min(out.delivered_chunks, wire::Usage::max_tokens)
+                                                   : std::min((out.delivered_bytes + 3) / 4, wire::Usage::max_tokens);
+  }
+  if (out.client_aborted) b.status = "client_aborted";
+  else if (out.upstream_aborted) b.status = "upstream_aborted";
+  else if (out.midstream_error) b.status = "upstream_error";
+  else if (ok_status) b.status = usable ? "success" : "usage_missing";
+  else b.status = "upstream_error";
+  const pricing::ModelPrice* price = prices.price(model);
+  if (price && (b.prompt_tokens > 0 || b.completion_tokens > 0 || reported_cost)) {
+    pricing::Picos cost = reported_cost ? *reported_cost
+                                        : pricing::PricingSnapshot::token_cost(*price, b.prompt_tokens, b.completion_tokens);
+    auto c = prices.charge(model, cost);
+    b.cost = c.cost;
+    b.charge = c.charge;
+    // The hold bounds the charge: what the upstream delivered or reported beyond the worst case
+    // admitted is the upstream's overrun, recorded and counted, never the customer's debt.
+    if (b.charge > hold) {
+      b.overrun = b.charge - hold;
+      b.charge = hold;
+    }
+  }
+  return b;
+}
+
 std::optional<Recorded> record(App& app, const RequestCtx& ctx, const Outcome& out) {
   if (!out.reached_upstream) return std::nullopt;
   if (out.client_aborted) ++app.metrics.client_aborts;  // counted once, whichever write failed
@@ -35,46 +77,17 @@ std::optional<Recorded> record(App& app, const RequestCtx& ctx, const Outcome& o
   r.api_key_id = ctx.key->key_id;
   r.model = ctx.req.model;
   r.created_at_us = ctx.started_us;
-  std::optional<pricing::Picos> reported_cost;
-  const bool ok_status = out.status >= 200 && out.status < 300;
-  const bool usable = out.usage && !out.usage->implausible && !out.undelivered_output;
-  if (usable) {
-    r.prompt_tokens = out.usage->prompt_tokens;
-    r.completion_tokens = out.usage->completion_tokens;
-    if (app.cfg.cost_from_upstream && out.usage->cost_usd)
-      reported_cost = pricing::parse_decimal(*out.usage->cost_usd, 12);
-  } else if (out.delivered_chunks > 0 || (ok_status && out.delivered_bytes > 0)) {
-    // No usage to believe (the stream ended without it, the client left before output it
-    // counts reached it, or the upstream sent none, garbage, negative or absurd counts): bill
-    // what was delivered — one token per content event, or ~4 bytes per token of a JSON body —
-    // and the prompt as the upstream counted it when plausible, else at ~4 bytes per token.
-    bool prompt_known = out.usage && !out.usage->implausible;
-    r.prompt_tokens = prompt_known ? out.usage->prompt_tokens : static_cast<std::int64_t>((ctx.body.size() + 3) / 4);
-    r.completion_tokens = out.delivered_chunks > 0 ? std::min(out.delivered_chunks, wire::Usage::max_tokens)
-                                                   : (out.delivered_bytes + 3) / 4;
-  }
-  if (out.client_aborted) r.status = "client_aborted";
-  else if (out.upstream_aborted) r.status = "upstream_aborted";
-  else if (out.midstream_error) r.status = "upstream_error";
-  else if (ok_status) r.status = usable ? "success" : "usage_missing";
-  else r.status = "upstream_error";
+  Bill b = bill(out, ctx.body.size(), ctx.hold, *ctx.pricing, ctx.req.model, app.cfg.cost_from_upstream);
+  r.prompt_tokens = b.prompt_tokens;
+  r.completion_tokens = b.completion_tokens;
+  r.cost = b.cost;
+  r.charge = b.charge;
+  r.status = b.status;
+  pricing::Micros overrun = b.overrun;
   if (r.status == "usage_missing") ++app.metrics.usage_missing;
-  pricing::Micros overrun = 0;
-  if (r.prompt_tokens > 0 || r.completion_tokens > 0 || reported_cost) {
-    pricing::Picos cost = reported_cost ? *reported_cost
-                                        : pricing::PricingSnapshot::token_cost(*ctx.price, r.prompt_tokens,
-                                                                               r.completion_tokens);
-    auto c = ctx.pricing->charge(ctx.req.model, cost);
-    r.cost = c.cost;
-    r.charge = c.charge;
-    // The hold bounds the charge: what the upstream delivered or reported beyond the worst case
-    // admitted is the upstream's overrun, recorded and counted, never the customer's debt.
-    if (r.charge > ctx.hold) {
-      overrun = r.charge - ctx.hold;
-      r.charge = ctx.hold;
-      ++app.metrics.overruns;
-      app.metrics.overrun_micros += static_cast<std::uint64_t>(overrun);
-    }
+  if (overrun > 0) {
+    ++app.metrics.overruns;
+    app.metrics.overrun_micros += static_cast<std::uint64_t>(overrun);
   }
   r.request_metadata_json = request_metadata(ctx);
   r.response_metadata_json = fmt::format(

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 
 namespace tollgate {
 
@@ -13,6 +14,22 @@ struct Recorded {
   pricing::Micros charge = 0;  ///< credit units (1e-6 USD)
   std::int64_t tokens = 0;     ///< prompt + completion
 };
+
+/// What a request is billed (phase 6), as a pure function of what happened.
+struct Bill {
+  std::int64_t prompt_tokens = 0, completion_tokens = 0;  ///< ≥ 0
+  pricing::Micros cost = 0;     ///< the upstream cost, credit units
+  pricing::Micros charge = 0;   ///< in [0, hold]
+  pricing::Micros overrun = 0;  ///< what the computed charge exceeded the hold by
+  std::string status;           ///< success | usage_missing | client_aborted | upstream_aborted | upstream_error
+};
+
+/// Bills an outcome: the upstream's usage when believable, else what was delivered (one token
+/// per output event, or ~4 bytes per token of a JSON body; the prompt as reported when
+/// plausible, else ~4 bytes per token of `body_bytes`); priced with `prices` (or the reported
+/// cost when `cost_from_upstream`); the charge never above `hold` (credit units).
+Bill bill(const Outcome& out, std::size_t body_bytes, pricing::Micros hold, const pricing::PricingSnapshot& prices,
+          const std::string& model, bool cost_from_upstream);
 
 /// Records a request that reached the upstream (nullopt, nothing recorded, otherwise), whatever
 /// happened after: client abort, upstream error mid-stream. Usage comes from the upstream's
