@@ -131,6 +131,7 @@ Config Config::load(const std::optional<std::string>& path) {
     get(t, "usage.journal_dir", c.journal_dir);
     get(t, "usage.batch_rows", c.usage_batch_rows);
     get_ms(t, "usage.max_delay_ms", c.usage_max_delay);
+    get(t, "usage.max_queued_records", c.usage_max_queued);
   }
   if (const char* v = std::getenv("TOLLGATE_LISTEN")) split_listen(c.listen_host, c.listen_port, v);
   if (const char* v = std::getenv("TOLLGATE_ADMIN_LISTEN")) split_listen(c.admin_host, c.admin_port, v);
@@ -162,6 +163,7 @@ Config Config::load(const std::optional<std::string>& path) {
   if (c.max_connections < 1) throw std::invalid_argument("server.max_connections must be >= 1");
   if (c.drain_timeout.count() < 0) throw std::invalid_argument("server.drain_timeout_ms must be >= 0");
   if (c.upstream_max_event_bytes < 1024) throw std::invalid_argument("upstream.max_event_bytes must be >= 1024");
+  if (c.usage_max_queued < 1) throw std::invalid_argument("usage.max_queued_records must be >= 1");
   if (c.max_queued_requests < 1) throw std::invalid_argument("server.max_queued_requests must be >= 1");
   if (c.default_max_tokens < 1) throw std::invalid_argument("billing.default_max_tokens must be >= 1");
   return c;

@@ -79,6 +79,9 @@ struct Config {
   std::string journal_dir = ".run/journal";
   std::size_t usage_batch_rows = 5000;
   std::chrono::milliseconds usage_max_delay{100};
+  /// Usage records kept in memory (~1.7 KB each) while Postgres is slow or down; beyond, they
+  /// wait in the journal on disk only.
+  std::size_t usage_max_queued = 100'000;
 
   /// The [upstream] section as the upstream `default`: the one route while model_routes has
   /// no rows (routing/route_table.hpp).

@@ -138,7 +138,8 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file,
         reload_routes(db);
       });
   listener.start();
-  sql::UsageWriter usage(cfg.journal_dir, cfg.database_url, cfg.usage_batch_rows, cfg.usage_max_delay);
+  sql::UsageWriter usage(cfg.journal_dir, cfg.database_url, cfg.usage_batch_rows, cfg.usage_max_delay, 2,
+                         cfg.usage_max_queued);
   if (cfg.admission.enabled) {
     auto writer_redis = std::make_shared<ratelimit::RedisSyncClient>(ratelimit::parse_redis_url(cfg.redis_url),
                                                                      std::chrono::milliseconds(500));

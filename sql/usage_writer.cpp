@@ -325,10 +325,10 @@ std::string UsageRecord::to_json() const {
 }
 
 UsageWriter::UsageWriter(fs::path journal_dir, std::string database_url, std::size_t batch_rows,
-                         std::chrono::milliseconds max_delay, std::size_t connections)
+                         std::chrono::milliseconds max_delay, std::size_t connections, std::size_t max_queued)
     : dir_(std::move(journal_dir)), database_url_(std::move(database_url)),
       batch_rows_(std::max<std::size_t>(batch_rows, 1)), max_delay_(max_delay),
-      connections_(std::max<std::size_t>(connections, 1)) {
+      connections_(std::max<std::size_t>(connections, 1)), max_queued_(std::max<std::size_t>(max_queued, 1)) {
   fs::create_directories(dir_);
   lock_fd_ = ::open((dir_ / "LOCK").c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0600);
   if (lock_fd_ < 0 || ::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0)
@@ -354,29 +354,25 @@ void UsageWriter::replay_existing() {
     std::uint64_t id = std::stoull(f.stem().string());
     current_segment_ = std::max(current_segment_, id);
     Segment seg{f};
-    std::ifstream in(f);
+    std::ifstream in(f, std::ios::binary);
     std::string line;
+    std::uint64_t at = 0;  // where the next line starts
     while (std::getline(in, line)) {
-      // A line cut short by a crash mid-write is not a record (and was never acknowledged).
-      if (line.size() < 2 || line.front() != '{' || line.back() != '}') continue;
+      std::uint64_t line_at = at;
+      at += line.size() + 1;
       Pending p;
-      p.segment = id;
-      try {
-        auto v = boost::json::parse(line).as_object();
-        p.rec.user_id = std::string(v.at("user_id").as_string());
-        p.rec.request_id = std::string(v.at("request_id").as_string());
-        p.rec.charge = pricing::parse_decimal(std::string(v.at("credits_deducted").as_string()), 6).value_or(0);
-        if (auto* i = v.if_contains("id"); i && i->is_string()) p.rec.id = std::string(i->as_string());
-      } catch (const std::exception&) {
-        continue;  // not a record of ours
-      }
-      // Journals written before records carried "id" replay as they are: record_usage() then
-      // gives the row a random id.
-      p.journal_json = std::move(line);
-      queue_.push_back(std::move(p));
+      if (!pending_from_line(line, id, p)) continue;  // cut short by a crash, or not ours
       ++seg.appended;
       ++stats_.replayed;
+      // Beyond max_queued_, records wait in the journal only (refill() reads them back).
+      if (spilling_ || queue_.size() >= max_queued_) {
+        if (!spilling_) spilling_ = true, spill_segment_ = id, spill_offset_ = line_at;
+        ++spilled_;
+        continue;
+      }
+      queue_.push_back(std::move(p));
     }
+    seg.bytes = at;
     if (seg.appended == 0) {
       fs::remove(f);
       continue;
@@ -409,10 +405,18 @@ void UsageWriter::append(UsageRecord&& rec) {
   if (!write_all(seg.fd, line.data(), line.size()))
     spdlog::error("usage journal write failed ({}); record {} is queued in memory only",
                   std::strerror(errno), rec.request_id);
+  std::uint64_t at = seg.bytes;  // where the line starts (O_APPEND, and only this process writes)
   seg.bytes += line.size();
   ++seg.appended;
   ++stats_.appended;
-  queue_.push_back(Pending{std::move(rec), current_segment_, {}});
+  if (spilling_ || queue_.size() >= max_queued_) {
+    // The queue is full (Postgres slow or down): the record waits in the journal only, read back
+    // by refill() in order once the queue drains.
+    if (!spilling_) spilling_ = true, spill_segment_ = current_segment_, spill_offset_ = at;
+    ++spilled_;
+  } else {
+    queue_.push_back(Pending{std::move(rec), current_segment_, {}});
+  }
   if (queue_.size() >= batch_rows_) cv_.notify_one();
   if (seg.bytes >= segment_max_bytes) {
     try {
@@ -451,6 +455,7 @@ void UsageWriter::run() {
   for (;;) {
     // Batches committed to Postgres whose cache sync failed are retried first, in order.
     sync_pending();
+    refill();  // records waiting in the journal only, once the queue has room
     {
       std::unique_lock lock(mu_);
       if (!wait_for_batch_locked(lock)) {
@@ -499,7 +504,7 @@ void UsageWriter::run() {
       sync_committed(std::move(done));
       std::lock_guard lock(mu_);
       in_flight_ -= batch.size();
-      if (queue_.empty() && in_flight_ == 0 && unsynced_.empty()) drained_cv_.notify_all();
+      if (drained_locked()) drained_cv_.notify_all();
     } else {
       std::unique_lock lock(mu_);
       in_flight_ -= batch.size();
@@ -553,7 +558,7 @@ bool UsageWriter::retry_unsynced_synclocked() {
     std::lock_guard lock(mu_);
     mark_committed_locked(unsynced_.front().segments);
     unsynced_.pop_front();
-    if (queue_.empty() && in_flight_ == 0 && unsynced_.empty()) drained_cv_.notify_all();
+    if (drained_locked()) drained_cv_.notify_all();
   }
 }
 
@@ -919,7 +924,7 @@ bool UsageWriter::flush(std::chrono::milliseconds timeout) {
   ++flushing_;
   cv_.notify_all();
   bool drained =
-      drained_cv_.wait_for(lock, timeout, [&] { return queue_.empty() && in_flight_ == 0 && unsynced_.empty(); });
+      drained_cv_.wait_for(lock, timeout, [&] { return drained_locked(); });
   --flushing_;
   return drained;
 }
@@ -927,7 +932,9 @@ bool UsageWriter::flush(std::chrono::milliseconds timeout) {
 UsageWriterStats UsageWriter::stats() const {
   std::lock_guard lock(mu_);
   UsageWriterStats s = stats_;
-  s.queued = queue_.size() + in_flight_;
+  s.queued = queue_.size() + in_flight_ + spilled_;
+  s.in_memory = queue_.size() + in_flight_;
+  s.spilled = spilled_;
   return s;
 }
 

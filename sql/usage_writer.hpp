@@ -90,6 +90,8 @@ struct UsageWriterStats {
   std::uint64_t copy_batches = 0;      ///< committed batches that took the COPY path
   std::uint64_t fallback_batches = 0;  ///< committed batches recorded by record_usage()
   std::uint64_t dead_lettered = 0;     ///< records Postgres refused for their data (dead-letter.jsonl)
+  std::uint64_t in_memory = 0;         ///< records queued or in flight in memory (≤ max_queued + a batch per thread)
+  std::uint64_t spilled = 0;           ///< records waiting in the journal only (counted in `queued` too)
 };
 
 class UsageWriter {
@@ -101,11 +103,13 @@ class UsageWriter {
   /// waited `max_delay`, whichever comes first, so at low rates there is one transaction per
   /// `max_delay` whatever the number of threads); `connections`: writer threads, each with its
   /// own Postgres connection and one batch in flight (two overlap one batch's COPY with the
-  /// other's ledger and commit).
+  /// other's ledger and commit); `max_queued`: records kept in memory (~1.7 KB each) — beyond
+  /// it (Postgres slow or down, or a large journal replayed at start) records wait in the
+  /// journal only and are read back in order as the queue drains (usage_spill.cpp).
   UsageWriter(std::filesystem::path journal_dir, std::string database_url,
               std::size_t batch_rows = 5000,
               std::chrono::milliseconds max_delay = std::chrono::milliseconds(100),
-              std::size_t connections = 2);
+              std::size_t connections = 2, std::size_t max_queued = 100'000);
   ~UsageWriter();
   UsageWriter(const UsageWriter&) = delete;
   UsageWriter& operator=(const UsageWriter&) = delete;
@@ -166,6 +170,14 @@ class UsageWriter {
     std::uint64_t bytes = 0;
   };
   void run();
+  /// Parses a journal line into a replayable Pending (journal_json set); false if it is not a
+  /// complete record of ours (a line cut short by a crash mid-write).
+  static bool pending_from_line(std::string& line, std::uint64_t segment, Pending& out);
+  /// Reads records waiting in the journal only back into the queue, in journal order, while it
+  /// has room below max_queued_ / 2 (one thread at a time; the file is read without mu_).
+  void refill();
+  /// Nothing queued, spilled, in flight or waiting for its cache sync. The caller holds mu_.
+  bool drained_locked() const { return queue_.empty() && !spilling_ && in_flight_ == 0 && unsynced_.empty(); }
   /// Waits (mu_ held through `lock`) until a batch is due: `batch_rows` queued, the oldest
   /// queued record `max_delay` old, flush() waiting, or stopping with records left. False when
   /// the queue is still empty after an idle `max_delay` (the caller's turn to retire segments).
@@ -185,6 +197,11 @@ class UsageWriter {
   std::condition_variable cv_;
   std::condition_variable drained_cv_;
   std::deque<Pending> queue_;
+  std::size_t max_queued_;
+  bool spilling_ = false;  ///< records from (spill_segment_, spill_offset_) on are in the journal only
+  std::uint64_t spill_segment_ = 0, spill_offset_ = 0;
+  std::uint64_t spilled_ = 0;
+  std::mutex refill_mu_;
   std::size_t in_flight_ = 0;  ///< records taken by writer threads, not yet committed + synced
   std::map<std::uint64_t, Segment> segments_;
   std::uint64_t current_segment_ = 0;

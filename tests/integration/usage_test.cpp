@@ -626,3 +626,58 @@ TEST_CASE("journal lines written before records carried an id still replay; ids 
     prev = id;
   }
 }
+
+TEST_CASE("UsageWriter keeps at most max_queued records in memory; the rest wait in the journal and land once") {
+  // issue 11: while Postgres is down the in-memory queue grew without a cap (~1.7 KB a record).
+  sql::PgConn db(database_url());
+  auto user = funded_account(db, "1");
+  auto dir = std::filesystem::temp_directory_path() / unique("tollgate-journal-");
+  std::vector<std::string> ids;
+  {
+    // Nothing committed yet (the writer threads start later): 250 records, 20 kept in memory.
+    sql::UsageWriter w(dir, database_url(), 7, 5ms, 2, 20);
+    for (int i = 0; i < 250; ++i) {
+      ids.push_back(unique("req_"));
+      w.append(usage(user, ids.back(), 10));
+    }
+    CHECK(w.stats().in_memory == 20);
+    CHECK(w.stats().spilled == 230);
+    CHECK(w.stats().queued == 250);
+    w.start();
+    REQUIRE(w.flush(20s));
+    CHECK(w.stats().committed == 250);
+    CHECK(w.stats().spilled == 0);
+    // Spilling ended: new records queue in memory again.
+    ids.push_back(unique("req_"));
+    w.append(usage(user, ids.back(), 10));
+    REQUIRE(w.flush(10s));
+    w.stop();
+  }
+  CHECK(db.exec("SELECT count(*) FROM usage_logs WHERE user_id = $1", {user}).i64(0, 0) == 251);
+  CHECK(db.exec("SELECT count(DISTINCT request_id) FROM usage_logs WHERE user_id = $1", {user}).i64(0, 0) == 251);
+  CHECK(micros_balance(db, user) == 1'000'000 - 251 * 10);
+  check_conservation(db, user);
+  {
+    // A journal left with more records than max_queued (a crash during an outage) replays in
+    // bounded memory too.
+    std::vector<std::string> more;
+    {
+      sql::UsageWriter w(dir, "postgresql://tollgate@127.0.0.1:1/tollgate", 100, 10ms, 2, 1000);
+      for (int i = 0; i < 120; ++i) {
+        more.push_back(unique("req_"));
+        w.append(usage(user, more.back(), 1));
+      }
+      w.stop(0ms);
+    }
+    sql::UsageWriter w(dir, database_url(), 9, 5ms, 2, 15);
+    CHECK(w.stats().replayed == 120);
+    CHECK(w.stats().in_memory == 15);
+    w.start();
+    REQUIRE(w.flush(20s));
+    w.stop();
+  }
+  CHECK(db.exec("SELECT count(*) FROM usage_logs WHERE user_id = $1", {user}).i64(0, 0) == 371);
+  CHECK(micros_balance(db, user) == 1'000'000 - 251 * 10 - 120);
+  check_conservation(db, user);
+  std::filesystem::remove_all(dir);
+}
