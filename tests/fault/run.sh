@@ -8,7 +8,8 @@
 #   bash tests/fault/run.sh [--no-build] [--keep] [scenario...]     # default: every scenario
 #   bash tests/fault/run.sh --list
 #
-# Scenarios: kill9 pg_down redis_restart overspend aborts slowloris hostile redis_stall settle_retry
+# Scenarios: kill9 sigterm pg_down redis_restart redis_stall settle_retry overspend aborts slowloris hostile
+# hostile_client emfile
 # (tests/fault/README.md).
 # --keep leaves the services running (their folder is printed). FAULT_VERBOSE=1 echoes the
 # children's logs.
