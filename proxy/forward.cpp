@@ -58,7 +58,7 @@ bool client_gone(beast::tcp_stream& client) {
   return ec && ec != net::error::would_block && ec != net::error::try_again;  // eof, reset
 }
 
-/// Watches the client while the upstream works on its request: when the client leaves (its FIN
+/// Watches the client while the upstream streams: when the client leaves (its FIN
 /// or RST arrives), the upstream connection is closed at once, so a slow or stalled upstream
 /// stops generating (and costing) instead of running on to its idle timeout (the fault suite's
 /// hostile stall: 2 s and more). One wait on the client socket for the whole exchange; bytes from
@@ -377,11 +377,14 @@ awaitable<bool> forward(beast::tcp_stream& client, App& app, UpstreamPool& pool,
   bool reusable = false;
   if (conn) {
     auto registered = pool.in_use(*conn);  // a graceful stop's deadline can cut it
-    ClientWatch watch(client, conn->lowest());
+    // Streams only: a stream may run for minutes, and watching costs a wait and a cancel on the
+    // client socket per request (~10 µs per request in bench/run.sh --quick at max throughput).
+    std::optional<ClientWatch> watch;
+    if (ctx.req.stream) watch.emplace(client, conn->lowest());
     ec = co_await std::visit(
         [&](auto& s) { return exchange(s, conn->buffer, client, pool.fixed_fields(), app, ctx, out, reusable); },
         conn->stream);
-    if (watch.client_left()) {
+    if (watch && watch->client_left()) {
       out.client_aborted = true;
       reusable = false;
     }
