@@ -67,15 +67,21 @@ std::string_view number_text(od::value& v) {
 }
 
 /// A usage token count as billing takes it (see Usage): clamped to [0, Usage::max_tokens],
-/// fractions and exponents rounded up; nullopt when `v` is not a number.
-std::optional<std::int64_t> usage_tokens(od::value& v) {
+/// fractions and exponents rounded up; 0 when `v` is not a number. Sets `implausible` when the
+/// count is not a number, negative or ≥ Usage::max_tokens (the usage is then billed as missing).
+std::int64_t usage_tokens(od::value& v, bool& implausible) {
+  std::string_view raw = number_text(v);  // 12, 12.5, 1e3, a 30-digit integer, -1e30, -0
+  if (raw.empty() || raw.front() == '-') {
+    implausible = true;
+    return 0;
+  }
   std::int64_t n;
-  if (v.get_int64().get(n) == simdjson::SUCCESS) return std::clamp<std::int64_t>(n, 0, Usage::max_tokens);
-  std::string_view raw = number_text(v);  // 12.5, 1e3, a 30-digit integer, -1e30
-  if (raw.empty()) return std::nullopt;
-  if (raw.front() == '-') return 0;
-  auto up = pricing::parse_decimal(raw, 0);  // exact, rounds up; nullopt only beyond int64
-  return up ? std::min<std::int64_t>(*up, Usage::max_tokens) : Usage::max_tokens;
+  if (v.get_int64().get(n) != simdjson::SUCCESS) {
+    auto up = pricing::parse_decimal(raw, 0);  // exact, rounds up; nullopt only beyond int64
+    n = up ? *up : Usage::max_tokens;
+  }
+  if (n >= Usage::max_tokens) implausible = true;
+  return std::min<std::int64_t>(n, Usage::max_tokens);
 }
 
 /// `usage.cost` (USD) if it is a number in [0, max_request_picos] once read as Picos.
@@ -251,10 +257,7 @@ std::optional<ChunkInfo> inspect_json(std::string_view json) {
         if (uk == "prompt_tokens" || uk == "completion_tokens") {
           // Of repeated keys the last counts. A count that is not a number, is negative or is
           // beyond Usage::max_tokens makes the whole usage implausible (billed as missing).
-          std::string_view raw = number_text(uv);
-          auto n = usage_tokens(uv);
-          if (!n || raw.empty() || raw.front() == '-' || *n >= Usage::max_tokens) usage.implausible = true;
-          (uk == "prompt_tokens" ? usage.prompt_tokens : usage.completion_tokens) = n.value_or(0);
+          (uk == "prompt_tokens" ? usage.prompt_tokens : usage.completion_tokens) = usage_tokens(uv, usage.implausible);
         } else if (uk == "cost") {
           usage.cost_usd = usage_cost(uv);
           if (!usage.cost_usd && !uv.is_null()) usage.implausible = true;  // negative, huge, not a number
