@@ -555,6 +555,7 @@ test('10. upstream unreachable: 502 with the OpenAI error shape, nothing charged
 
 /** A non-streaming request the stub breaks with `mode`: expect a 502 OpenAI error and no charge. */
 async function expectBadGatewayFor(mode, t) {
+  await h.settled();  // earlier requests' usage (10b's warm-up) is committed before the balance is read
   const balanceBefore = await h.balance(h.account.id);
   const callsBefore = (await h.stubLast()).requests;
   const r = await post('/v1/chat/completions', {
