@@ -98,7 +98,7 @@ awaitable<Attempt> exchange(Stream& up, beast::flat_buffer& upbuf, Pipe& p, Requ
 
   bool error_status = out.status < 200 || out.status > 299;
   if (!error_status && content_type.rfind("text/event-stream", 0) == 0) {
-    co_await relay_stream(up, upbuf, hp, p, ctx, key, content_type, upstream_reusable);
+    co_await relay_stream(up, upbuf, hp, p, ctx, u, content_type, upstream_reusable);
     co_return done;
   }
   // A complete body: a non-streaming response, or an upstream error (whatever its type).

@@ -125,13 +125,14 @@ std::string cut_error_body(const Dialect& d, StreamCut cut) {
 
 template <class Stream>
 awaitable<void> relay_stream(Stream& up, beast::flat_buffer& upbuf, http::response_parser<http::empty_body>& hp,
-                             Pipe& p, RequestCtx& ctx, std::string_view upstream_key, std::string_view content_type,
+                             Pipe& p, RequestCtx& ctx, const routing::Upstream& u, std::string_view content_type,
                              bool& upstream_reusable) {
   App& app = p.app;
   const Config& cfg = app.cfg;
   Outcome& out = ctx.out;
   beast::tcp_stream& client = p.client;
   upstream_reusable = false;
+  const std::string_view upstream_key = u.api_key ? std::string_view(u.api_key->reveal()) : std::string_view{};
   // Server-sent events: each event goes to the client as soon as it is complete. Our headers
   // go out at once, unless events came in with the upstream's headers: then they go together,
   // in one write (the client sees its first token one wake-up sooner).
@@ -167,7 +168,7 @@ awaitable<void> relay_stream(Stream& up, beast::flat_buffer& upbuf, http::respon
     }
     bp.get().body().data = buf;
     bp.get().body().size = sizeof buf;
-    beast::get_lowest_layer(up).expires_after(cfg.upstream_idle_timeout);
+    beast::get_lowest_layer(up).expires_after(u.idle_timeout);
     auto [ec, n] = co_await http::async_read_some(up, upbuf, bp, tuple_awaitable);
     if (ec == http::error::need_buffer) ec = {};
     if (!ec) ec = parse_buffered(bp, upbuf);
@@ -217,10 +218,10 @@ awaitable<void> relay_stream(Stream& up, beast::flat_buffer& upbuf, http::respon
 }
 
 template net::awaitable<void> relay_stream(UpstreamConnection::Plain&, beast::flat_buffer&,
-                                      http::response_parser<http::empty_body>&, Pipe&, RequestCtx&, std::string_view,
-                                      std::string_view, bool&);
+                                      http::response_parser<http::empty_body>&, Pipe&, RequestCtx&,
+                                      const routing::Upstream&, std::string_view, bool&);
 template net::awaitable<void> relay_stream(UpstreamConnection::Tls&, beast::flat_buffer&,
-                                      http::response_parser<http::empty_body>&, Pipe&, RequestCtx&, std::string_view,
-                                      std::string_view, bool&);
+                                      http::response_parser<http::empty_body>&, Pipe&, RequestCtx&,
+                                      const routing::Upstream&, std::string_view, bool&);
 
 }  // namespace tollgate

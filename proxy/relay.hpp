@@ -55,15 +55,16 @@ class ClientWatch {
 
 /// Relays a 2xx `text/event-stream` response whose head `hp` was read from `up`: our head
 /// (status and `content_type` as the upstream's) first, then each SSE event as soon as it is complete, through the request's
-/// dialect (usage and errors read, the usage event stripped when not asked for), with no total
+/// dialect (usage and errors read, the usage event stripped when not asked for, u's key never
+/// relayed), with no total
 /// size limit and one event at most upstream_max_event_bytes. A stream the upstream cuts, stalls
-/// (idle timeout) or overfills, or a graceful stop's deadline, ends with one well-formed error
+/// (u.idle_timeout between reads) or overfills, or a graceful stop's deadline, ends with one well-formed error
 /// event. Fills ctx.out (delivered output events, usage, client/upstream aborts,
 /// response_complete) and `upstream_reusable`. Never throws for I/O errors.
 template <class Stream>
 net::awaitable<void> relay_stream(Stream& up, beast::flat_buffer& upbuf,
                                   beast::http::response_parser<beast::http::empty_body>& hp, Pipe& p,
-                                  RequestCtx& ctx, std::string_view upstream_key, std::string_view content_type,
+                                  RequestCtx& ctx, const routing::Upstream& u, std::string_view content_type,
                                   bool& upstream_reusable);
 
 }  // namespace tollgate
