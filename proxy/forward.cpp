@@ -216,6 +216,10 @@ awaitable<Step> forward(Pipe& p, RequestCtx& ctx) {
   const Clock::time_point deadline = Clock::now() + p.app.cfg.upstream_response_timeout;
   std::uint32_t attempts = 0;
   std::optional<Attempt> last;
+  // The last failed attempt whose request was written to its upstream (which may have begun the
+  // work): what is recorded when no upstream serves the request.
+  std::optional<Outcome> reached;
+  std::string reached_upstream;
   for (std::size_t i = 0; i < ctx.candidates.size(); ++i) {
     const routing::Candidate& c = ctx.candidates[i];
     const routing::Upstream& u = *c.upstream;
@@ -237,14 +241,21 @@ awaitable<Step> forward(Pipe& p, RequestCtx& ctx) {
     spdlog::warn("{}: upstream {} failed ({}{}): {}", ctx.request_id, u.name, outcome_name(a.outcome.kind),
                  a.outcome.status ? " " + std::to_string(a.outcome.status) : "", a.ec.message());
     last = a;
+    if (ctx.out.reached_upstream) {
+      reached = ctx.out;
+      reached_upstream = u.name;
+    }
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (!routing::may_try_next(rc, a.outcome, attempts, left)) break;
   }
-  // Nothing reached the client. A last attempt that reached the upstream is recorded (phase 8)
-  // as aborted, naming it; the attempts before it are in response_metadata only.
-  if (ctx.out.reached_upstream) {
+  // Nothing reached the client. If a request was written to an upstream, the last such attempt
+  // is recorded (phase 8) as aborted, naming its upstream — also when a later attempt did not
+  // connect, and never an upstream skipped by its circuit after it; every failed attempt is in
+  // response_metadata "attempts".
+  if (reached) {
+    ctx.out = std::move(*reached);
     ctx.out.upstream_aborted = true;
-    ctx.upstream = ctx.failed_attempts.back().upstream;
+    ctx.upstream = std::move(reached_upstream);
   }
   co_return no_upstream_reply(p, ctx, last);
 }
