@@ -232,7 +232,10 @@ awaitable<Step> forward(Pipe& p, RequestCtx& ctx) {
     bool may_retry = i + 1 < ctx.candidates.size() && attempts < rc.max_attempts && Clock::now() < deadline;
     ctx.out = Outcome{};
     Attempt a = co_await attempt(p, ctx, u, c.upstream_model, may_retry);
-    u.circuit->record(permit, !routing::counts_against_circuit(a.outcome), Clock::now());
+    // A client that left before the upstream answered had the exchange cut (ClientWatch closes
+    // the upstream connection): that says nothing against the upstream.
+    bool client_cut = ctx.out.client_aborted && !a.served;
+    u.circuit->record(permit, client_cut || !routing::counts_against_circuit(a.outcome), Clock::now());
     if (a.served || ctx.out.client_aborted) {
       ctx.upstream = u.name;
       co_return Step::next();
