@@ -99,6 +99,10 @@ awaitable<Attempt> exchange(Stream& up, beast::flat_buffer& upbuf, Pipe& p, Requ
   bool error_status = out.status < 200 || out.status > 299;
   if (!error_status && content_type.rfind("text/event-stream", 0) == 0) {
     co_await relay_stream(up, upbuf, hp, p, ctx, u, content_type, upstream_reusable);
+    // The upstream broke the stream off (lost, stalled, an oversized event): served (no fallback
+    // after the first byte), but a failure for its circuit — unless the client left (the watch
+    // closed the upstream) or a graceful stop cut it.
+    if (out.upstream_aborted && !out.client_aborted && !app.stopping) done.outcome.kind = Kind::cut_mid_body;
     co_return done;
   }
   // A complete body: a non-streaming response, or an upstream error (whatever its type).
