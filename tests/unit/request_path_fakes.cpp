@@ -329,4 +329,37 @@ std::string Harness::chat_body(bool stream, std::string_view model_name, std::st
                      stream ? "true" : "false", extra);
 }
 
+// --- reading replies and usage records ---------------------------------------------------------
+
+boost::json::object error_of(const Client::Response& r) {
+  auto v = boost::json::parse(r.body());
+  auto e = v.as_object().at("error").as_object();
+  e.at("message").as_string();
+  e.at("type").as_string();
+  e.at("param");
+  return e;
+}
+
+std::string code_of(const Client::Response& r) { return std::string(error_of(r).at("code").as_string()); }
+
+std::int64_t hold_of(const sql::UsageRecord& rec) {
+  return boost::json::parse(rec.response_metadata_json).at("hold_micros").as_int64();
+}
+
+std::vector<std::string> attempts_of(const sql::UsageRecord& rec) {
+  std::vector<std::string> out;
+  const auto meta = boost::json::parse(rec.response_metadata_json);
+  for (const auto& a : meta.at("attempts").as_array()) {
+    auto status = a.as_object().contains("status") ? fmt::format(":{}", a.at("status").as_int64()) : "";
+    out.push_back(fmt::format("{}:{}{}", std::string_view(a.at("upstream").as_string()),
+                              std::string_view(a.at("outcome").as_string()), status));
+  }
+  return out;
+}
+
+std::string get_models(std::optional<std::string_view> key) {
+  std::string auth = key ? fmt::format("Authorization: Bearer {}\r\n", *key) : "";
+  return fmt::format("GET /v1/models HTTP/1.1\r\nHost: t\r\n{}\r\n", auth);
+}
+
 }  // namespace tollgate::test

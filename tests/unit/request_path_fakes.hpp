@@ -22,6 +22,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/json.hpp>
 
 #include <chrono>
 #include <deque>
@@ -205,7 +206,8 @@ class Harness {
   static std::string chat_body(bool stream = false, std::string_view model_name = model,
                                std::string_view extra = "");
 
-  /// The usage record and settle of the one request forwarded, once its settle ran.
+  /// Runs the loop until `n` settles ran (admission on). record_and_settle records first, so the
+  /// usage records of those requests are in too.
   bool settled(std::size_t n = 1) {
     return run_until([&] { return admission.settles.size() >= n; });
   }
@@ -226,10 +228,11 @@ class Harness {
   std::unique_ptr<App> app;
   FakeAdmission admission;
   FakeConnector connector;
-  ThreadContext tc{connector};
+  ThreadContext tc{connector, nullptr, 0, {}, {}, std::mt19937_64{1}};
   std::vector<std::string> session_errors;  ///< exceptions that escaped run_session
   std::string key;                          ///< the test key (raw), active, account "acct-1"
-  // The loop and what lives on it: destroyed first (declared last).
+  // The loop and what lives on it: destroyed first (declared last). ~Harness drains the loop;
+  // everything above outlives it, as coroutine frames on it refer to App and tc.
   net::io_context ioc{1};
   net::executor_work_guard<net::io_context::executor_type> work{ioc.get_executor()};
   FakeUpstream upstream{ioc};
@@ -238,5 +241,22 @@ class Harness {
   /// Adds a key (active unless said otherwise) to the key source and the filter; its raw key.
   std::string add_key(bool active = true, std::int64_t max_tokens_per_request = 0);
 };
+
+// --- reading replies and usage records (throw when the shape is wrong) -------------------------
+
+/// The "error" object of OpenAI's envelope {"error":{"message","type","param","code"}}.
+boost::json::object error_of(const Client::Response& r);
+std::string code_of(const Client::Response& r);
+/// "<status> <error code>", e.g. "401 invalid_api_key".
+inline std::string answer_of(const Client::Response& r) {
+  return std::to_string(r.result_int()) + " " + code_of(r);
+}
+inline bool says_close(const Client::Response& r) { return r[http::field::connection] == "close"; }
+/// response_metadata's hold_micros.
+std::int64_t hold_of(const sql::UsageRecord& rec);
+/// response_metadata's "attempts" as "upstream:outcome[:status]".
+std::vector<std::string> attempts_of(const sql::UsageRecord& rec);
+/// GET /v1/models with `key` (none: no Authorization).
+std::string get_models(std::optional<std::string_view> key = std::nullopt);
 
 }  // namespace tollgate::test

@@ -5,49 +5,12 @@
 
 #include "keys/api_key.hpp"
 
-#include <boost/json.hpp>
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
 
 using namespace tollgate;
 using namespace tollgate::test;
-namespace json = boost::json;
 using Response = Client::Response;
-
-namespace {
-
-/// The OpenAI error envelope's "error" object ({"message","type","param","code"}).
-json::object error_of(const Response& r) {
-  auto v = json::parse(r.body());
-  const auto& e = v.as_object().at("error").as_object();
-  CHECK(e.at("message").is_string());
-  CHECK(e.at("type").is_string());
-  CHECK(e.contains("param"));
-  return e;
-}
-std::string code_of(const Response& r) { return std::string(error_of(r).at("code").as_string()); }
-bool says_close(const Response& r) { return r[http::field::connection] == "close"; }
-
-json::object response_meta(const sql::UsageRecord& rec) { return json::parse(rec.response_metadata_json).as_object(); }
-std::int64_t hold_of(const sql::UsageRecord& rec) { return response_meta(rec).at("hold_micros").as_int64(); }
-/// response_metadata "attempts" as "upstream:outcome[:status]" strings.
-std::vector<std::string> attempts_of(const sql::UsageRecord& rec) {
-  std::vector<std::string> out;
-  const auto meta = response_meta(rec);
-  for (const auto& a : meta.at("attempts").as_array()) {
-    const auto& o = a.as_object();
-    std::string s = std::string(o.at("upstream").as_string()) + ":" + std::string(o.at("outcome").as_string());
-    if (o.contains("status")) s += ":" + std::to_string(o.at("status").as_int64());
-    out.push_back(s);
-  }
-  return out;
-}
-
-const std::string get_models_no_key = "GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n";
-std::string get_models(std::string_view key) {
-  return "GET /v1/models HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + std::string(key) + "\r\n\r\n";
-}
-
-}  // namespace
 
 TEST_CASE("401: no key, malformed, unknown, revoked; kept alive without a body, closed with one unread",
           "[request_path]") {
@@ -57,14 +20,12 @@ TEST_CASE("401: no key, malformed, unknown, revoked; kept alive without a body, 
   h.key_filter.add(unknown_to_source.hash_hex);
   auto forged = keys::generate_key().raw;  // well formed, in neither: refused by the filter
   auto c = h.connect();
-  auto r = c.request(get_models_no_key);
-  CHECK(r.result_int() == 401);
-  CHECK(code_of(r) == "invalid_api_key");
+  auto r = c.request(get_models());
+  CHECK(answer_of(r) == "401 invalid_api_key");
   CHECK_FALSE(says_close(r));  // no body: the connection goes on
   for (std::string k : {std::string("tg_not-a-key"), unknown_to_source.raw, forged, revoked}) {
     r = c.request(get_models(k));
-    CHECK(r.result_int() == 401);
-    CHECK(code_of(r) == "invalid_api_key");
+    CHECK(answer_of(r) == "401 invalid_api_key");
     CHECK_FALSE(says_close(r));
   }
   CHECK(std::string(error_of(r).at("message").as_string()).find("revoked") != std::string::npos);
@@ -80,25 +41,13 @@ TEST_CASE("401: no key, malformed, unknown, revoked; kept alive without a body, 
   CHECK(h.session_errors.empty());
 }
 
-TEST_CASE("503 when the key source fails and the key is not cached", "[request_path]") {
-  Harness h;
-  h.key_source.fail = true;
-  auto c = h.connect();
-  auto r = c.request(h.post(Harness::chat_body()));
-  CHECK(r.result_int() == 503);
-  CHECK(code_of(r) == "auth_unavailable");
-  CHECK(h.admission.admitted.empty());
-  CHECK(h.upstream.received.empty());
-}
-
 TEST_CASE("402 when the balance does not cover the worst case", "[request_path]") {
   SECTION("admission says insufficient balance") {
     Harness h;
     h.admission.script.push_back(FakeAdmission::insufficient(5));
     auto c = h.connect();
     auto r = c.request(h.post(Harness::chat_body()));
-    CHECK(r.result_int() == 402);
-    CHECK(code_of(r) == "insufficient_credits");
+    CHECK(answer_of(r) == "402 insufficient_credits");
     CHECK_FALSE(says_close(r));  // the body was read
     CHECK(c.request(get_models(h.key)).result_int() == 200);
     CHECK(h.admission.settles.empty());  // nothing admitted, nothing to settle
@@ -108,8 +57,7 @@ TEST_CASE("402 when the balance does not cover the worst case", "[request_path]"
     h.key_source.balances["acct-1"] = 10;
     auto c = h.connect();
     auto r = c.request(h.post(Harness::chat_body()));
-    CHECK(r.result_int() == 402);
-    CHECK(code_of(r) == "insufficient_credits");
+    CHECK(answer_of(r) == "402 insufficient_credits");
     h.key_source.balances["acct-1"] = 1'000'000;  // enough now: served, recorded
     r = c.request(h.post(Harness::chat_body()));
     CHECK(r.result_int() == 200);
@@ -123,8 +71,7 @@ TEST_CASE("429 from admission carries Retry-After and the x-ratelimit headers", 
   h.admission.script.push_back(FakeAdmission::rate_limited(1500));
   auto c = h.connect();
   auto r = c.request(h.post(Harness::chat_body()));
-  CHECK(r.result_int() == 429);
-  CHECK(code_of(r) == "key_requests_per_minute");
+  CHECK(answer_of(r) == "429 key_requests_per_minute");
   CHECK(r["retry-after"] == "2");
   CHECK(r["x-ratelimit-limit-requests"] == "60");
   CHECK(r["x-ratelimit-remaining-requests"] == "0");
@@ -150,8 +97,7 @@ TEST_CASE("400s are answered in OpenAI's envelope and the connection is kept", "
   };
   for (const auto& k : cases) {
     auto r = c.request(k.request);
-    CHECK(r.result_int() == 400);
-    CHECK(code_of(r) == k.code);
+    CHECK(answer_of(r) == "400 " + k.code);
     CHECK(error_of(r).at("type").as_string() == "invalid_request_error");
     CHECK_FALSE(says_close(r));
   }
@@ -164,14 +110,11 @@ TEST_CASE("404 and 405", "[request_path]") {
   Harness h;
   auto c = h.connect();
   auto r = c.request("GET /v1/nope HTTP/1.1\r\nHost: t\r\n\r\n");
-  CHECK(r.result_int() == 404);
-  CHECK(code_of(r) == "unknown_url");
+  CHECK(answer_of(r) == "404 unknown_url");
   r = c.request("GET /v1/chat/completions HTTP/1.1\r\nHost: t\r\n\r\n");
-  CHECK(r.result_int() == 405);
-  CHECK(code_of(r) == "method_not_allowed");
+  CHECK(answer_of(r) == "405 method_not_allowed");
   r = c.request(h.post(Harness::chat_body(false, "test/unrouted")));  // priced, but no route
-  CHECK(r.result_int() == 404);
-  CHECK(code_of(r) == "model_not_found");
+  CHECK(answer_of(r) == "404 model_not_found");
   CHECK_FALSE(says_close(r));
   CHECK(h.admission.admitted.empty());  // unroutable: nothing held
 }
@@ -206,16 +149,26 @@ TEST_CASE("keep-alive decisions", "[request_path]") {
   SECTION("pipelined requests are served in order") {
     Harness h;
     auto c = h.connect();
-    c.send("GET /v1/nope HTTP/1.1\r\nHost: t\r\n\r\n" + h.post(Harness::chat_body()) + get_models(h.key));
+    h.upstream.script("a", {Reply::json200});
+    h.upstream.script("a", {Reply::sse, 2});
+    c.send("GET /v1/nope HTTP/1.1\r\nHost: t\r\n\r\n" + h.post(Harness::chat_body()) +
+           h.post(Harness::chat_body(true)) + get_models(h.key));
     auto r1 = c.read();
     auto r2 = c.read();
-    auto r3 = c.read();
+    auto r3 = c.read();  // a stream with a request waiting behind it: not taken for a client gone
+    auto r4 = c.read();
     CHECK(r1.result_int() == 404);
     CHECK(r2.result_int() == 200);
     CHECK(r2.body().find(R"("content":"hello")") != std::string::npos);
     CHECK(r3.result_int() == 200);
-    CHECK(r3.body().find(R"("object":"list")") != std::string::npos);
-    CHECK_FALSE(says_close(r3));
+    CHECK(r3.body().find("[DONE]") != std::string::npos);
+    CHECK(r4.result_int() == 200);
+    CHECK(r4.body().find(R"("object":"list")") != std::string::npos);
+    CHECK_FALSE(says_close(r4));
+    REQUIRE(h.settled(2));
+    CHECK(h.usage.records[1].status == "success");
+    CHECK(h.tc.queued == 0);
+    CHECK(h.tc.in_flight.empty());
   }
 }
 
@@ -237,6 +190,7 @@ TEST_CASE("a client that leaves mid-stream is billed for the events delivered", 
   CHECK(rec.charge <= hold_of(rec));
   CHECK(h.admission.settles[0].charge == rec.charge);
   CHECK(h.app->metrics.client_aborts == 1);
+  CHECK(h.circuits.get("a")->consecutive_failures() == 0);  // the client left, not the upstream
 }
 
 TEST_CASE("settle runs once per admitted request whatever the upstream did; recording once it was reached",
@@ -249,44 +203,38 @@ TEST_CASE("settle runs once per admitted request whatever the upstream did; reco
   SECTION("200 JSON") {
     r = c.request(h.post(Harness::chat_body()));
     CHECK(r.result_int() == 200);
-    status = "success";
-    completion = 5;
+    status = "success", completion = 5;
   }
   SECTION("200 stream") {
     h.upstream.script("a", {Reply::sse, 4});
     r = c.request(h.post(Harness::chat_body(true)));
     CHECK(r.result_int() == 200);
     CHECK(r.body().find("[DONE]") != std::string::npos);
-    status = "success";
-    completion = 4;
+    status = "success", completion = 4;
   }
   SECTION("503 relayed") {
     h.upstream.script("a", {Reply::status503});
     r = c.request(h.post(Harness::chat_body()));
     CHECK(r.result_int() == 503);
-    status = "upstream_error";
-    completion = 0;
+    status = "upstream_error", completion = 0;
   }
   SECTION("closed without an answer: 502") {
     h.upstream.script("a", {Reply::close});
     r = c.request(h.post(Harness::chat_body()));
     CHECK(r.result_int() == 502);
-    status = "upstream_aborted";
-    completion = 0;
+    status = "upstream_aborted", completion = 0;
   }
   SECTION("cut mid-stream") {
     h.upstream.script("a", {Reply::sse_cut, 2});
     r = c.request(h.post(Harness::chat_body(true)));
     CHECK(r.result_int() == 200);
     CHECK(r.body().find("upstream_disconnected") != std::string::npos);  // the closing error event
-    status = "upstream_aborted";
-    completion = 2;
+    status = "upstream_aborted", completion = 2;
   }
   SECTION("connect refused: 502, never recorded") {
     h.connector.refuse.insert("a");
     r = c.request(h.post(Harness::chat_body()));
-    CHECK(r.result_int() == 502);
-    CHECK(code_of(r) == "bad_gateway");
+    CHECK(answer_of(r) == "502 bad_gateway");
     upstream.clear();
   }
   REQUIRE(h.settled());
@@ -338,20 +286,6 @@ TEST_CASE("fallback: the second upstream serves after the first fails before ans
   CHECK(h.admission.settles.size() == 1);
 }
 
-TEST_CASE("no fallback once the first byte of a stream reached the client", "[request_path]") {
-  Harness h({.route = {"a", "b"}});
-  h.upstream.script("a", {Reply::sse_cut, 2});
-  auto c = h.connect();
-  auto r = c.request(h.post(Harness::chat_body(true)));
-  CHECK(r.result_int() == 200);
-  REQUIRE(h.settled());
-  CHECK(h.upstream.requests("b") == 0);
-  REQUIRE(h.usage.records.size() == 1);
-  CHECK(h.usage.records[0].upstream == "a");
-  CHECK(h.usage.records[0].status == "upstream_aborted");
-  CHECK(attempts_of(h.usage.records[0]).empty());
-}
-
 TEST_CASE("a circuit opens after N failures and its upstream is skipped", "[request_path]") {
   Harness h({.route = {"a", "b"}, .circuit_threshold = 2});
   h.connector.refuse.insert("a");
@@ -364,4 +298,106 @@ TEST_CASE("a circuit opens after N failures and its upstream is skipped", "[requ
   CHECK(attempts_of(h.usage.records[1]) == std::vector<std::string>{"a:connect_failed"});
   CHECK(attempts_of(h.usage.records[2]) == std::vector<std::string>{"a:circuit_open"});
   for (const auto& rec : h.usage.records) CHECK(rec.upstream == "b");
+}
+
+TEST_CASE("a request that reached an upstream is recorded, naming it, when no upstream served it",
+          "[request_path]") {
+  Harness h({.route = {"a", "b"}, .circuit_threshold = 1});
+  std::vector<std::string> attempts;
+  SECTION("a answers 503, b refuses the connection") {
+    h.upstream.script("a", {Reply::status503});
+    h.connector.refuse.insert("b");
+    attempts = {"a:status:503", "b:connect_failed"};
+  }
+  SECTION("a closes before its head, b is skipped by its open circuit") {
+    auto b = h.circuits.get("b");
+    auto now = std::chrono::steady_clock::now();
+    b->record(b->acquire(now), false, now);
+    REQUIRE(b->state() == routing::CircuitState::open);
+    h.upstream.script("a", {Reply::close});
+    attempts = {"a:failed_before_head", "b:circuit_open"};
+  }
+  auto c = h.connect();
+  auto r = c.request(h.post(Harness::chat_body()));
+  CHECK(r.result_int() == 502);
+  REQUIRE(h.settled());
+  REQUIRE(h.usage.records.size() == 1);
+  CHECK(h.usage.records[0].upstream == "a");
+  CHECK(h.usage.records[0].status == "upstream_aborted");
+  CHECK(h.usage.records[0].charge == 0);
+  CHECK(attempts_of(h.usage.records[0]) == attempts);
+  CHECK(h.admission.settles[0].charge == 0);
+}
+
+TEST_CASE("circuit accounting: a client that leaves is not the upstream's failure, a cut stream is",
+          "[request_path]") {
+  Harness h({.route = {"a", "b"}, .circuit_threshold = 1});
+  auto c = h.connect();
+  SECTION("the client leaves while the upstream has not answered") {
+    h.upstream.script("a", {Reply::stall});
+    c.send(h.post(Harness::chat_body(true)));
+    REQUIRE(h.run_until([&] { return h.upstream.requests("a") == 1; }));
+    c.close();
+    REQUIRE(h.settled());
+    CHECK(h.usage.records.at(0).status == "client_aborted");
+    CHECK(h.usage.records.at(0).charge == 0);
+    CHECK(h.circuits.get("a")->state() == routing::CircuitState::closed);
+  }
+  SECTION("the upstream cuts its stream: a failure, and no fallback after the first byte") {
+    h.upstream.script("a", {Reply::sse_cut, 2});
+    CHECK(c.request(h.post(Harness::chat_body(true))).result_int() == 200);
+    REQUIRE(h.settled());
+    CHECK(h.circuits.get("a")->state() == routing::CircuitState::open);
+    CHECK(h.usage.records.at(0).upstream == "a");
+    CHECK(h.usage.records.at(0).status == "upstream_aborted");
+    CHECK(attempts_of(h.usage.records.at(0)).empty());
+  }
+  CHECK(h.upstream.requests("b") == 0);
+}
+
+TEST_CASE("503 when a dependency fails; admission failing open checks the key source's balance",
+          "[request_path]") {
+  ratelimit::Admission down;  // Verdict::unavailable
+  SECTION("the key source fails and the key is not cached") {
+    Harness h;
+    h.key_source.fail = true;
+    auto c = h.connect();
+    CHECK(answer_of(c.request(h.post(Harness::chat_body()))) == "503 auth_unavailable");
+    CHECK(h.admission.admitted.empty());
+    CHECK(h.upstream.received.empty());
+  }
+  SECTION("admission fails closed") {
+    Harness h;
+    h.admission.script.push_back(down);
+    auto c = h.connect();
+    CHECK(answer_of(c.request(h.post(Harness::chat_body()))) == "503 rate_limiter_unavailable");
+  }
+  SECTION("admission fails open") {
+    Harness h;
+    h.cfg.admission.failure_mode = ratelimit::FailureMode::fail_open;
+    h.admission.script.push_back(down);
+    h.admission.script.push_back(down);
+    h.key_source.balances["acct-1"] = 10;
+    auto c = h.connect();
+    CHECK(c.request(h.post(Harness::chat_body())).result_int() == 402);
+    h.key_source.fail = true;  // the key is cached; the balance cannot be read
+    auto r = c.request(h.post(Harness::chat_body()));
+    CHECK(answer_of(r) == "503 billing_unavailable");
+    CHECK(h.app->metrics.failure_mode_allowed == 2);
+  }
+}
+
+// Known bug, not fixed here: a streamed response to an HTTP/1.0 request is sent chunked
+// (Transfer-Encoding is HTTP/1.1 only, RFC 9112 §6.1); it should be delimited by the close.
+TEST_CASE("an HTTP/1.0 client gets a stream without chunked framing", "[request_path][!shouldfail]") {
+  Harness h;
+  h.upstream.script("a", {Reply::sse, 2});
+  auto c = h.connect();
+  auto body = Harness::chat_body(true);
+  auto r = c.request(fmt::format("POST /v1/chat/completions HTTP/1.0\r\nAuthorization: Bearer {}\r\n"
+                                 "Content-Length: {}\r\n\r\n{}",
+                                 h.key, body.size(), body));
+  CHECK(r.result_int() == 200);
+  CHECK(r[http::field::transfer_encoding] == "");
+  CHECK(says_close(r));
 }
