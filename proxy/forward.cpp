@@ -99,6 +99,10 @@ awaitable<Attempt> exchange(Stream& up, beast::flat_buffer& upbuf, Pipe& p, Requ
   bool error_status = out.status < 200 || out.status > 299;
   if (!error_status && content_type.rfind("text/event-stream", 0) == 0) {
     co_await relay_stream(up, upbuf, hp, p, ctx, u, content_type, upstream_reusable);
+    // The upstream broke the stream off (lost, stalled, an oversized event): served (no fallback
+    // after the first byte), but a failure for its circuit — unless the client left (the watch
+    // closed the upstream) or a graceful stop cut it.
+    if (out.upstream_aborted && !out.client_aborted && !app.stopping) done.outcome.kind = Kind::cut_mid_body;
     co_return done;
   }
   // A complete body: a non-streaming response, or an upstream error (whatever its type).
@@ -216,6 +220,10 @@ awaitable<Step> forward(Pipe& p, RequestCtx& ctx) {
   const Clock::time_point deadline = Clock::now() + p.app.cfg.upstream_response_timeout;
   std::uint32_t attempts = 0;
   std::optional<Attempt> last;
+  // The last failed attempt whose request was written to its upstream (which may have begun the
+  // work): what is recorded when no upstream serves the request.
+  std::optional<Outcome> reached;
+  std::string reached_upstream;
   for (std::size_t i = 0; i < ctx.candidates.size(); ++i) {
     const routing::Candidate& c = ctx.candidates[i];
     const routing::Upstream& u = *c.upstream;
@@ -228,7 +236,10 @@ awaitable<Step> forward(Pipe& p, RequestCtx& ctx) {
     bool may_retry = i + 1 < ctx.candidates.size() && attempts < rc.max_attempts && Clock::now() < deadline;
     ctx.out = Outcome{};
     Attempt a = co_await attempt(p, ctx, u, c.upstream_model, may_retry);
-    u.circuit->record(permit, !routing::counts_against_circuit(a.outcome), Clock::now());
+    // A client that left before the upstream answered had the exchange cut (ClientWatch closes
+    // the upstream connection): that says nothing against the upstream.
+    bool client_cut = ctx.out.client_aborted && !a.served;
+    u.circuit->record(permit, client_cut || !routing::counts_against_circuit(a.outcome), Clock::now());
     if (a.served || ctx.out.client_aborted) {
       ctx.upstream = u.name;
       co_return Step::next();
@@ -237,14 +248,21 @@ awaitable<Step> forward(Pipe& p, RequestCtx& ctx) {
     spdlog::warn("{}: upstream {} failed ({}{}): {}", ctx.request_id, u.name, outcome_name(a.outcome.kind),
                  a.outcome.status ? " " + std::to_string(a.outcome.status) : "", a.ec.message());
     last = a;
+    if (ctx.out.reached_upstream) {
+      reached = ctx.out;
+      reached_upstream = u.name;
+    }
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (!routing::may_try_next(rc, a.outcome, attempts, left)) break;
   }
-  // Nothing reached the client. A last attempt that reached the upstream is recorded (phase 8)
-  // as aborted, naming it; the attempts before it are in response_metadata only.
-  if (ctx.out.reached_upstream) {
+  // Nothing reached the client. If a request was written to an upstream, the last such attempt
+  // is recorded (phase 8) as aborted, naming its upstream — also when a later attempt did not
+  // connect, and never an upstream skipped by its circuit after it; every failed attempt is in
+  // response_metadata "attempts".
+  if (reached) {
+    ctx.out = std::move(*reached);
     ctx.out.upstream_aborted = true;
-    ctx.upstream = ctx.failed_attempts.back().upstream;
+    ctx.upstream = std::move(reached_upstream);
   }
   co_return no_upstream_reply(p, ctx, last);
 }
