@@ -28,7 +28,7 @@ const ENV = { [KEY_VAR]: SECRET };
 const h = useHarness({
   env: ENV,
   models: ['t1/openai-gpt', 't1/other', 't1/llama-3', 't2/refused', 't2/s503', 't2/s429', 't2/s503-stream',
-    't3/mid', 't4/cb', 't5/split', 't6/switch', 't7/secret'],
+    't2/all-fail', 't2/max', 't3/mid', 't4/cb', 't5/split', 't6/switch', 't7/secret'],
 });
 h.watch(SECRET); // every child's output, from its first byte
 const CANARY = 'tollgate listening on'; // every instance prints it: proves the watch sees their output
@@ -244,6 +244,52 @@ test('2: fallback on connect refused, 503 and 429: one usage row naming the serv
   }
 });
 
+test('2b: when every route fails the client gets the last answer, one uncharged row; at most 3 attempts by default', async (t) => {
+  const [G, S503, S429] = await Promise.all([
+    stub('stub-G2b', 4), stub('stub-503b', 2, ['--fail', 'status:503']), stub('stub-429b', 2, ['--fail', 'status:429']),
+  ]);
+  const refused = await closedPort();
+  await changeRoutes(async () => {
+    await h.addUpstream(U('t2b-good'), G.base, { keyRef: KEY_REF });
+    await h.addUpstream(U('t2b-refused'), `http://127.0.0.1:${refused}/api/v1`, { keyRef: KEY_REF });
+    await h.addUpstream(U('t2b-503'), S503.base, { keyRef: KEY_REF });
+    await h.addUpstream(U('t2b-429'), S429.base, { keyRef: KEY_REF });
+    // all fail: refused, then 503
+    await h.addRoute(M('t2/all-fail'), U('t2b-refused'), { priority: 10 });
+    await h.addRoute(M('t2/all-fail'), U('t2b-503'), { priority: 0 });
+    // four routes, three attempts (the default routing.max_attempts): the good one is never tried
+    await h.addRoute(M('t2/max'), U('t2b-refused'), { priority: 30 });
+    await h.addRoute(M('t2/max'), U('t2b-503'), { priority: 20 });
+    await h.addRoute(M('t2/max'), U('t2b-429'), { priority: 10 });
+    await h.addRoute(M('t2/max'), U('t2b-good'), { priority: 0 });
+  });
+  const cases = [
+    { model: M('t2/all-fail'), status: 503, last: U('t2b-503'), failed: [U('t2b-refused')], deltas: [0, 1, 0] },
+    { model: M('t2/max'), status: 429, last: U('t2b-429'), failed: [U('t2b-refused'), U('t2b-503')], deltas: [0, 1, 1] },
+  ];
+  for (const c of cases) {
+    const acct = await h.newAccount({ usd: '10', label: 't2b' });
+    const balanceBefore = await h.balance(acct.id);
+    const before = await counts([G, S503, S429]);
+    const r = await chat(h.url, acct.key, c.model);
+    assert.equal(r.status, c.status, `${c.model}: ${r.text}`);
+    assert.equal(r.json?.error?.code, c.status, r.text);
+    assert.deepEqual((await counts([G, S503, S429])).map((n, i) => n - before[i]), c.deltas,
+      `${c.model}: attempts on the good, 503 and 429 stubs`);
+    const row = await h.usageRow(r.requestId);
+    t.diagnostic(`${c.model}: HTTP ${r.status}; row upstream ${row.upstream}, status ${row.status}, ` +
+      `attempts ${JSON.stringify(row.response_metadata?.attempts)}`);
+    assert.equal(row.upstream, c.last, 'the row names the upstream whose answer the client got');
+    assert.equal(row.status, 'upstream_error');
+    for (const f of c.failed) assert.ok(attemptsOf(row).some((a) => a.upstream === f), `${f} is not among the attempts`);
+    assert.equal(toMicros(row.credits_deducted), 0n);
+    assert.equal((await h.usageRows(acct.id)).length, 1);
+    const ledger = await h.ledger(r.requestId);
+    assert.ok(ledger.length <= 1 && ledger.every((l) => toMicros(l.amount) === 0n), JSON.stringify(ledger));
+    assert.equal(await h.balance(acct.id), balanceBefore);
+  }
+});
+
 // ---------------------------------------------------------------------------------------------
 // 3. After the first streamed byte there is no fallback.
 
@@ -438,9 +484,12 @@ test('6: a route change by SQL applies on every instance within 1 s of its commi
   };
   for (const p of instances) assert.equal((await tokens(p)).chunks, 3, 'X serves before the change');
 
-  const committedAt = Number(await psql(
+  // The commit's time by the database's clock (the same host clock as Date.now()): psql prints
+  // every statement's result, the last line is the SELECT's.
+  const committedAt = Number((await psql(
     `BEGIN; UPDATE model_routes SET upstream = ${lit(U('t6-y'))} WHERE id = ${routeId}; COMMIT;
-     SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint`));
+     SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint`)).split('\n').pop());
+  assert.ok(Math.abs(committedAt - Date.now()) < 1000, `commit time ${committedAt}`);
   const switched = await Promise.all(instances.map(async (p) => {
     let prev = null;
     for (;;) {
