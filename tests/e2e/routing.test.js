@@ -403,7 +403,8 @@ test('4: the circuit opens after 3 failures, no attempt on that upstream during 
   t.diagnostic(`circuit: opened after ${THRESHOLD} failures; ${during} requests during the cooldown, X untouched; ` +
     `first request to reach X again ${openFor.min}..${openFor.max} ms after opening (cooldown ${COOLDOWN} ms); ` +
     `${servedByGAfterCooldown} request(s) sent after the cooldown still went to G`);
-  assert.ok(openFor.max >= COOLDOWN, `X was tried again ${openFor.max} ms after the circuit opened, before the ${COOLDOWN} ms cooldown`);
+  // The breaker keeps its deadline in whole milliseconds and Date.now() is one too: 2 ms of slack.
+  assert.ok(openFor.max >= COOLDOWN - 2, `X was tried again ${openFor.max} ms after the circuit opened, before the ${COOLDOWN} ms cooldown`);
   assert.ok(openFor.min <= COOLDOWN + 500, `the probe came ${openFor.min} ms after opening (cooldown ${COOLDOWN} ms)`);
   assert.equal(await X2.requests(), 1, 'exactly one probe');
   assert.equal((await h.usageRow(probe.requestId)).upstream, U('t4-x'));
