@@ -52,6 +52,7 @@ std::string metrics_text(App& app) {
                  m.body_timeouts.load(), m.shed_overloaded.load(), m.session_failures.load(),
                  app.key_cache.stale_served(), m.accept_out_of_descriptors.load(), m.overruns.load(),
                  m.overrun_micros.load(), m.usage_missing.load());
+  routing::render_circuit_metrics(app.circuits, out);
   return out;
 }
 

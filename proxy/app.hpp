@@ -7,6 +7,9 @@
 #include "proxy/config.hpp"
 #include "proxy/connection_limiter.hpp"
 #include "proxy/lookup_pool.hpp"
+#include "proxy/seams.hpp"
+#include "routing/circuit.hpp"
+#include "routing/route_table.hpp"
 #include "sql/intent_journal.hpp"
 #include "sql/usage_writer.hpp"
 
@@ -48,10 +51,14 @@ struct App {
   keys::KeyCache& key_cache;
   keys::KeyFilter& key_filter;
   std::atomic<pricing::PricingSnapshotPtr>& pricing;
-  LookupPool& lookups;
-  sql::UsageWriter& usage;
+  KeySource& key_source;             ///< API keys and balances (Postgres)
+  LookupPool& lookups;               ///< Postgres off the request path (readiness, Redis's balance loads)
+  sql::UsageSink& usage;
   sql::IntentJournal& intents;  ///< requests in flight, for crash recovery
   boost::asio::ssl::context& upstream_tls;
+  /// Upstreams and model routes, swapped whole on NOTIFY tollgate_routes (sql/route_store.hpp).
+  std::atomic<routing::RouteTablePtr>& routes;
+  routing::CircuitRegistry& circuits;  ///< every upstream's breaker, for /metrics
   Metrics metrics;
   ConnectionLimiter connections{cfg.max_connections, cfg.max_connections_per_address};
   /// A graceful stop has begun (SIGTERM): responses say `Connection: close`, and streams cut at

@@ -1,5 +1,7 @@
 #include "proxy/connection.hpp"
 
+#include "proxy/dialect.hpp"
+
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/http/error.hpp>
 #include <spdlog/spdlog.h>
@@ -109,9 +111,12 @@ awaitable<HeadRead> read_body(beast::tcp_stream& client, beast::flat_buffer& buf
 
 awaitable<void> refuse_and_close(beast::tcp_stream& client, App& app, const RequestCtx& ctx, const Rejection& why) {
   ++app.metrics.requests_refused;
-  co_await reply_error(client, app, ctx, static_cast<http::status>(why.status), why.message,
-                       why.status == 503 ? "service_unavailable" : "invalid_request_error", why.code, false);
-  co_await drain_and_close(client);
+  const Dialect& d = ctx.dialect ? *ctx.dialect : openai_dialect();
+  LocalReply r{static_cast<int>(why.status),
+               d.error_body(static_cast<int>(why.status), why.message,
+                            why.status == 503 ? "service_unavailable" : "invalid_request_error", why.code),
+               true};
+  co_await write_reply(client, app, ctx, r, false);
 }
 
 }  // namespace tollgate

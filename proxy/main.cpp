@@ -3,6 +3,7 @@
 #include "keys/key_cache.hpp"
 #include "proxy/app.hpp"
 #include "proxy/config.hpp"
+#include "proxy/concrete_seams.hpp"
 #include "proxy/lookup_pool.hpp"
 #include "proxy/routing_cli.hpp"
 #include "proxy/recovery.hpp"
@@ -94,8 +95,8 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file,
                            cfg.key_cache_stale_if_error);
   keys::KeyFilter key_filter;
   std::atomic<pricing::PricingSnapshotPtr> pricing;
-  // Upstreams and model routes (issue 12): reloaded on NOTIFY tollgate_routes. Not yet used by
-  // the request path, which still forwards to cfg.upstream (the lead wires it in).
+  // Upstreams and model routes, reloaded on NOTIFY tollgate_routes: every request picks its
+  // upstreams from the table current when it was routed.
   routing::CircuitRegistry circuits(cfg.routing.circuit);
   std::atomic<routing::RouteTablePtr> routes;
   auto reload_routes = [&](sql::PgConn& db) {
@@ -161,7 +162,8 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file,
   usage.start();
   LookupPool lookups(cfg.database_url, cfg.lookup_threads);
   auto tls = make_upstream_tls_context();
-  App app{cfg, key_cache, key_filter, pricing, lookups, usage, intents, tls, {}};
+  PgKeySource key_source(lookups);
+  App app{cfg, key_cache, key_filter, pricing, key_source, lookups, usage, intents, tls, routes, circuits, {}};
   Server server(app);
   server.settle(std::move(recovered_holds));  // the interrupted requests' holds leave Redis
 

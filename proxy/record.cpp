@@ -1,6 +1,7 @@
 #include "proxy/record.hpp"
 
 #include <boost/json.hpp>
+#include <spdlog/spdlog.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -68,7 +69,23 @@ Bill bill(const Outcome& out, std::size_t body_bytes, pricing::Micros hold, cons
   return b;
 }
 
-std::optional<Recorded> record(App& app, const RequestCtx& ctx, const Outcome& out) {
+namespace {
+/// response_metadata's "attempts": the attempts that did not serve the request, in order.
+std::string attempts_json(const std::vector<FailedAttempt>& failed) {
+  std::string s = "[";
+  for (const auto& a : failed) {
+    if (s.size() > 1) s += ',';
+    fmt::format_to(std::back_inserter(s), R"({{"upstream":{},"outcome":"{}")",
+                   boost::json::serialize(boost::json::string(a.upstream)), a.outcome);
+    if (a.status) fmt::format_to(std::back_inserter(s), R"(,"status":{})", a.status);
+    s += '}';
+  }
+  return s + "]";
+}
+}  // namespace
+
+std::optional<Recorded> record(App& app, const RequestCtx& ctx) {
+  const Outcome& out = ctx.out;
   if (!out.reached_upstream) return std::nullopt;
   if (out.client_aborted) ++app.metrics.client_aborts;  // counted once, whichever write failed
   sql::UsageRecord r;
@@ -77,6 +94,7 @@ std::optional<Recorded> record(App& app, const RequestCtx& ctx, const Outcome& o
   r.api_key_id = ctx.key->key_id;
   r.model = ctx.req.model;
   r.created_at_us = ctx.started_us;
+  r.upstream = ctx.upstream;
   Bill b = bill(out, ctx.body.size(), ctx.hold, *ctx.pricing, ctx.req.model, app.cfg.cost_from_upstream);
   r.prompt_tokens = b.prompt_tokens;
   r.completion_tokens = b.completion_tokens;
@@ -91,14 +109,40 @@ std::optional<Recorded> record(App& app, const RequestCtx& ctx, const Outcome& o
   }
   r.request_metadata_json = request_metadata(ctx);
   r.response_metadata_json = fmt::format(
-      R"({{"status_code":{},"generation_id":{},"finish_reason":{},"delivered_chunks":{},"usage_reported":{},"usage_plausible":{},"hold_micros":{},"overrun_micros":{},"duration_us":{}}})",
+      R"({{"status_code":{},"generation_id":{},"finish_reason":{},"delivered_chunks":{},"usage_reported":{},"usage_plausible":{},"hold_micros":{},"overrun_micros":{},"duration_us":{},"attempts":{}}})",
       out.status, out.generation_id ? boost::json::serialize(boost::json::string(*out.generation_id)) : "null",
       out.finish_reason ? boost::json::serialize(boost::json::string(*out.finish_reason)) : "null",
       out.delivered_chunks, out.usage.has_value(), out.usage && !out.usage->implausible, ctx.hold, overrun,
-      unix_now_us() - ctx.started_us);
+      unix_now_us() - ctx.started_us, attempts_json(ctx.failed_attempts));
   Recorded done{r.charge, r.prompt_tokens + r.completion_tokens};
   app.usage.append(std::move(r));
   return done;
+}
+
+void record_and_settle(Pipe& p, RequestCtx& ctx) noexcept {
+  std::optional<Recorded> rec;
+  try {
+    rec = record(p.app, ctx);
+  } catch (const std::exception& e) {
+    // Only allocation can fail here; the intent stays open and recovery bills it.
+    spdlog::error("{}: recording failed: {}", ctx.request_id, e.what());
+    return;
+  }
+  p.app.intents.end(ctx.request_id);  // its usage record (if it reached the upstream) is journaled
+  if (ctx.admission && p.tc.admission) {
+    // Phase 7 off the request path, batched with other settles of this event loop. Counted in
+    // active_requests until Redis answered (the Admitter's on_settled releases it), so a
+    // graceful stop waits for it instead of leaving the hold to expire.
+    ++p.app.metrics.active_requests;
+    ratelimit::Settlement s;
+    s.account = ctx.key->user_id;
+    s.request_id = ctx.request_id;
+    s.charge = rec ? rec->charge : 0;
+    s.windows = std::move(ctx.admission->windows);
+    s.actual_tokens = rec ? rec->tokens : 0;
+    s.token_estimate = ctx.admission->token_estimate;
+    p.tc.admission->settle(std::move(s));
+  }
 }
 
 }  // namespace tollgate

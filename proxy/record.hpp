@@ -1,7 +1,7 @@
 #pragma once
 // Phases 6-8 of DESIGN.md: price the usage a request reported (or what was delivered) and append
 // its usage record to the journal; the usage writer batches it into Postgres.
-#include "proxy/request.hpp"
+#include "proxy/phase.hpp"
 
 #include <cstdint>
 #include <optional>
@@ -36,7 +36,9 @@ Bill bill(const Outcome& out, std::size_t body_bytes, pricing::Micros hold, cons
 /// `usage`, else from the chunks delivered to the client (one token each, the prompt at ~4 bytes
 /// per token); priced with the model's prices (or usage.cost with billing.cost_source =
 /// "upstream") and the matching pricing rule.
-std::optional<Recorded> record(App& app, const RequestCtx& ctx, const Outcome& out);
+/// Also names the serving upstream (usage_logs.upstream) and the failed attempts before it
+/// (response_metadata "attempts"), which are never billed.
+std::optional<Recorded> record(App& app, const RequestCtx& ctx);
 
 /// The usage row's request_metadata: {"endpoint","stream","max_tokens","body_bytes"}.
 std::string request_metadata(const RequestCtx& ctx);

@@ -55,14 +55,15 @@ std::string response_head(int status, std::string_view content_type, const Reque
   return h;
 }
 
-awaitable<bool> reply(beast::tcp_stream& client, App& app, const RequestCtx& ctx, http::status status,
-                      std::string body, bool keep_alive) {
-  std::string head = response_head(static_cast<int>(status), "application/json", ctx, body.size(), keep_alive);
-  count_status(app, static_cast<int>(status));
+awaitable<bool> write_reply(beast::tcp_stream& client, App& app, const RequestCtx& ctx, const LocalReply& r,
+                            bool keep_alive) {
+  std::string head = response_head(r.status, "application/json", ctx, r.body.size(), keep_alive);
+  count_status(app, r.status);
   client.expires_after(client_write_timeout);
-  std::array<net::const_buffer, 2> message{net::buffer(head), net::buffer(body)};
+  std::array<net::const_buffer, 2> message{net::buffer(head), net::buffer(r.body)};
   auto [ec, n] = co_await net::async_write(client, message, tuple_awaitable);
-  co_return !ec && keep_alive;
+  if (r.drain) co_await drain_and_close(client);
+  co_return !ec;
 }
 
 awaitable<void> drain_and_close(beast::tcp_stream& client) {
@@ -76,12 +77,6 @@ awaitable<void> drain_and_close(beast::tcp_stream& client) {
     if (rec) break;  // EOF, reset or the 5 s bound: done either way
     total += n;
   }
-}
-
-awaitable<bool> reply_error(beast::tcp_stream& client, App& app, const RequestCtx& ctx, http::status status,
-                            std::string_view message, std::string_view type, std::string_view code,
-                            bool keep_alive) {
-  co_return co_await reply(client, app, ctx, status, wire::error_body(message, type, code), keep_alive);
 }
 
 }  // namespace tollgate

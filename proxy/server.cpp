@@ -2,6 +2,7 @@
 
 #include "proxy/accept_backoff.hpp"
 #include "proxy/admin.hpp"
+#include "proxy/concrete_seams.hpp"
 #include "proxy/connection.hpp"
 #include "proxy/session.hpp"
 #include "proxy/upstream.hpp"
@@ -86,27 +87,29 @@ void run_loop(net::io_context& ioc, App& app) {
 }  // namespace
 
 /// One event loop: its own acceptor on the shared port (the kernel spreads connections) and
-/// its own upstream pool, so the request path takes no locks of its own.
+/// its own upstream pools, so the request path takes no locks of its own.
 struct Server::Worker {
   net::io_context ioc{1};
   tcp::acceptor acceptor{ioc};
-  UpstreamPool pool;
+  UpstreamPools pools;
   std::optional<ratelimit::RedisConnection> redis;
   std::optional<ratelimit::Admitter> admitter;
+  std::optional<RedisAdmission> admission;
   ThreadContext tc;
   std::thread thread;
 
   std::optional<tcp::acceptor> admin;  ///< the first worker's: /metrics, /healthz, /readyz
 
   Worker(App& app, const tcp::endpoint& ep)
-      : pool(ioc.get_executor(), app.cfg, app.upstream_tls), tc{pool, nullptr} {
+      : pools(ioc.get_executor(), app.upstream_tls), tc{pools} {
     if (app.cfg.admission.enabled) {
       redis.emplace(ioc.get_executor(), ratelimit::parse_redis_url(app.cfg.redis_url));
       admitter.emplace(
           ioc.get_executor(), *redis, app.cfg.admission,
           [&app](std::string account) { return load_balance(app, std::move(account)); },
           [&app](std::size_t n) { app.metrics.active_requests -= static_cast<std::int64_t>(n); });
-      tc.admitter = &*admitter;
+      admission.emplace(*admitter);
+      tc.admission = &*admission;
     }
     acceptor.open(ep.protocol());
     acceptor.set_option(tcp::acceptor::reuse_address(true));
@@ -184,7 +187,7 @@ void Server::stop(std::chrono::milliseconds grace) {
     // upstream failure (error event, billed for what was delivered, recorded, settled), which
     // takes milliseconds; 5 s bounds a settle that cannot reach Redis.
     spdlog::warn("drain deadline: cutting {} request(s) still in flight", app_.metrics.active_requests.load());
-    for (auto& w : workers_) net::post(w->ioc, [w = w.get()] { w->pool.cut_all(); });
+    for (auto& w : workers_) net::post(w->ioc, [w = w.get()] { cut_upstreams(w->tc); });
     if (!drained_by(std::chrono::steady_clock::now() + std::chrono::seconds(5)))
       spdlog::error("stopping with {} request(s) unfinished: the journal replays them at the next start",
                     app_.metrics.active_requests.load());

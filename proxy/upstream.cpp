@@ -21,13 +21,9 @@ net::ssl::context make_upstream_tls_context() {
   return ctx;
 }
 
-UpstreamPool::UpstreamPool(net::any_io_executor ex, const Config& cfg, net::ssl::context& tls)
-    : ex_(ex), cfg_(cfg), tls_(tls), resolver_(ex) {
-  const bool default_port = cfg.upstream.port == (cfg.upstream.tls ? "443" : "80");
-  fixed_fields_ = "Host: " + cfg.upstream.host + (default_port ? "" : ":" + cfg.upstream.port) + "\r\n";
-  if (!cfg.upstream_key.empty()) fixed_fields_ += "Authorization: Bearer " + cfg.upstream_key + "\r\n";
-  fixed_fields_ += "Content-Type: application/json\r\nUser-Agent: tollgate/0.1\r\n";
-}
+UpstreamPool::UpstreamPool(net::any_io_executor ex, net::ssl::context& tls, routing::UpstreamUrl origin,
+                           std::size_t max_idle)
+    : ex_(ex), tls_(tls), origin_(std::move(origin)), max_idle_(max_idle), resolver_(ex) {}
 
 namespace {
 /// True if the peer has closed (or sent unsolicited bytes on) an idle connection: a
@@ -39,18 +35,18 @@ bool closed_by_peer(UpstreamConnection& c) {
 }
 }  // namespace
 
-net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamPool::acquire() {
+net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamPool::acquire(std::chrono::milliseconds connect_timeout) {
   while (!idle_.empty()) {
     auto c = std::move(idle_.back());
     idle_.pop_back();
     if (closed_by_peer(*c)) continue;  // closes it
     co_return c;
   }
-  co_return co_await connect();
+  co_return co_await connect(connect_timeout);
 }
 
-net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamPool::connect() {
-  const auto& u = cfg_.upstream;
+net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamPool::connect(std::chrono::milliseconds connect_timeout) {
+  const auto& u = origin_;
   // The resolved addresses are kept for resolve_ttl: a new connection costs no getaddrinfo()
   // (which opens files and sockets of its own, and fails obscurely at the open-file limit).
   auto now = std::chrono::steady_clock::now();
@@ -59,7 +55,7 @@ net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamPool::connect() {
     resolved_until_ = now + resolve_ttl;
   }
   beast::tcp_stream tcp(ex_);
-  tcp.expires_after(cfg_.upstream_connect_timeout);
+  tcp.expires_after(connect_timeout);
   // Each address in turn, opening the socket here: an open that fails (EMFILE at the open-file
   // limit) is reported as such, not as the "operation canceled" of a range connect.
   beast::error_code ec = net::error::host_not_found;
@@ -88,17 +84,26 @@ net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamPool::connect() {
   co_return std::make_unique<UpstreamConnection>(std::move(tls));
 }
 
-void UpstreamPool::cut_all() {
-  for (auto* c : in_use_) {
-    beast::error_code ec;
-    c->lowest().socket().close(ec);  // pending operations complete with operation_aborted
-  }
-}
-
 void UpstreamPool::release(std::unique_ptr<UpstreamConnection> c) {
-  if (idle_.size() >= cfg_.upstream_max_idle_connections) return;  // closes it
+  if (idle_.size() >= max_idle_) return;  // closes it
   c->lowest().expires_never();
   idle_.push_back(std::move(c));
+}
+
+UpstreamPool& UpstreamPools::pool(const routing::Upstream& u) {
+  std::string origin = (u.url.tls ? "https://" : "http://") + u.url.host + ":" + u.url.port;
+  auto it = pools_.find(origin);
+  if (it == pools_.end())
+    it = pools_.emplace(std::move(origin), std::make_unique<UpstreamPool>(ex_, tls_, u.url, u.max_connections)).first;
+  return *it->second;
+}
+
+net::awaitable<std::unique_ptr<UpstreamConnection>> UpstreamPools::acquire(const routing::Upstream& u) {
+  co_return co_await pool(u).acquire(u.connect_timeout);
+}
+
+void UpstreamPools::release(const routing::Upstream& u, std::unique_ptr<UpstreamConnection> c) {
+  pool(u).release(std::move(c));
 }
 
 }  // namespace tollgate

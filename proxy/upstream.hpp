@@ -1,9 +1,11 @@
 #pragma once
-// Phase 5 transport: keep-alive connections to the upstream (HTTPS with certificate and host
+// Phase 5 transport: keep-alive connections to upstreams (HTTPS with certificate and host
 // name verification and SNI, or plain HTTP for local upstreams). One pool per event-loop
 // thread, so no locking. An idle connection the upstream has closed is detected before reuse
 // (non-blocking peek) and discarded; a request is never retried once written.
 #include "proxy/config.hpp"
+#include "proxy/seams.hpp"
+#include "routing/route_table.hpp"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -16,7 +18,7 @@
 
 #include <memory>
 #include <string>
-#include <unordered_set>
+#include <unordered_map>
 #include <variant>
 #include <vector>
 
@@ -48,49 +50,49 @@ struct UpstreamConnection {
 /// verification on.
 net::ssl::context make_upstream_tls_context();
 
+/// Keep-alive connections to one upstream origin (scheme, host, port) on one event-loop thread.
 class UpstreamPool {
  public:
-  UpstreamPool(net::any_io_executor ex, const Config& cfg, net::ssl::context& tls);
+  /// `max_idle`: connections kept for reuse; more are closed on release.
+  UpstreamPool(net::any_io_executor ex, net::ssl::context& tls, routing::UpstreamUrl origin, std::size_t max_idle);
 
   /// An idle connection if one is pooled, else a new one (resolve, connect, TLS handshake),
-  /// all within the connect timeout. Throws boost::system::system_error on failure.
-  net::awaitable<std::unique_ptr<UpstreamConnection>> acquire();
+  /// the connect within `connect_timeout`. Throws boost::system::system_error on failure.
+  net::awaitable<std::unique_ptr<UpstreamConnection>> acquire(std::chrono::milliseconds connect_timeout);
   /// A fresh connection, never from the pool.
-  net::awaitable<std::unique_ptr<UpstreamConnection>> connect();
+  net::awaitable<std::unique_ptr<UpstreamConnection>> connect(std::chrono::milliseconds connect_timeout);
 
   /// Returns a connection whose last response was read completely and allows keep-alive.
   void release(std::unique_ptr<UpstreamConnection> c);
 
   std::size_t idle() const { return idle_.size(); }
 
-  /// Registers `c` as carrying a request until the returned guard dies, so that cut_all()
-  /// reaches it.
-  [[nodiscard]] auto in_use(UpstreamConnection& c) {
-    in_use_.insert(&c);
-    auto forget = [this](UpstreamConnection* p) { in_use_.erase(p); };
-    return std::unique_ptr<UpstreamConnection, decltype(forget)>(&c, forget);
-  }
-  /// Closes every connection carrying a request (a graceful stop's drain deadline): their
-  /// pending reads fail at once, so each request ends as an upstream cut — the stream gets its
-  /// error event, and the request is recorded and settled. Call on the pool's event loop.
-  void cut_all();
-
-  /// The upstream request's fields that never change, each "name: value\r\n": Host,
-  /// Authorization (the operator's key), Content-Type and User-Agent. Built once from the
-  /// configuration, whose host and key were checked at start (no CR, LF or NUL).
-  const std::string& fixed_fields() const { return fixed_fields_; }
-
  private:
   net::any_io_executor ex_;
-  const Config& cfg_;
-  std::string fixed_fields_;
   net::ssl::context& tls_;
+  routing::UpstreamUrl origin_;
+  std::size_t max_idle_;
   net::ip::tcp::resolver resolver_;
   static constexpr std::chrono::seconds resolve_ttl{30};
-  net::ip::tcp::resolver::results_type endpoints_;  ///< the upstream's addresses, kept resolve_ttl
+  net::ip::tcp::resolver::results_type endpoints_;  ///< the origin's addresses, kept resolve_ttl
   std::chrono::steady_clock::time_point resolved_until_{};
   std::vector<std::unique_ptr<UpstreamConnection>> idle_;
-  std::unordered_set<UpstreamConnection*> in_use_;
+};
+
+/// The pools of one event-loop thread, one per upstream origin: the concrete UpstreamConnector
+/// (proxy/seams.hpp). Upstreams on the same origin share a pool (a route-table reload that keeps
+/// an upstream's URL keeps its connections).
+class UpstreamPools final : public UpstreamConnector {
+ public:
+  UpstreamPools(net::any_io_executor ex, net::ssl::context& tls) : ex_(ex), tls_(tls) {}
+  net::awaitable<std::unique_ptr<UpstreamConnection>> acquire(const routing::Upstream& u) override;
+  void release(const routing::Upstream& u, std::unique_ptr<UpstreamConnection> c) override;
+
+ private:
+  UpstreamPool& pool(const routing::Upstream& u);
+  net::any_io_executor ex_;
+  net::ssl::context& tls_;
+  std::unordered_map<std::string, std::unique_ptr<UpstreamPool>> pools_;  ///< by "scheme://host:port"
 };
 
 }  // namespace tollgate

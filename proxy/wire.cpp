@@ -171,12 +171,13 @@ std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err)
 }
 
 std::string upstream_body(std::string_view body, Endpoint ep, const ParsedRequest& req,
-                          std::int64_t default_max_tokens) {
+                          std::int64_t default_max_tokens, std::string_view upstream_model) {
   bool want_usage = req.stream && !req.include_usage && ep != Endpoint::embeddings;
   bool want_cap = !req.max_tokens && ep != Endpoint::embeddings;
   bool one_cap = req.caps_differ() && ep != Endpoint::embeddings;
-  if (!want_usage && !want_cap && !one_cap) return std::string(body);
-  if ((want_usage && req.has_stream_options) || (want_cap && req.max_tokens_null) || one_cap) {
+  bool rename = !upstream_model.empty() && upstream_model != req.model;
+  if (!want_usage && !want_cap && !one_cap && !rename) return std::string(body);
+  if ((want_usage && req.has_stream_options) || (want_cap && req.max_tokens_null) || one_cap || rename) {
     // Rare: a field to set is there already (null, or stream_options without include_usage):
     // edit it as a document, so the body never holds the field twice.
     boost::json::object o =
@@ -188,6 +189,8 @@ std::string upstream_body(std::string_view body, Endpoint ep, const ParsedReques
     }
     if (want_cap) o["max_tokens"] = default_max_tokens;
     if (one_cap) o["max_tokens"] = o["max_completion_tokens"] = *req.max_tokens;  // the cap held
+    // The route's rename (parse_request refused a body with two "model" keys: this is the one).
+    if (rename) o["model"] = upstream_model;
     return boost::json::serialize(o);
   }
   // Common case: insert the absent keys right after the opening brace (the body has at least

@@ -44,9 +44,11 @@ std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err)
 
 /// The body to send upstream: the client's body with, where absent,
 /// `"stream_options":{"include_usage":true}` (streams) and `"max_tokens":<default_cap>`
-/// (chat/completions), so usage is always reported and the worst case is bounded.
+/// (chat/completions), so usage is always reported and the worst case is bounded; and `model`
+/// set to `upstream_model` when that is non-empty and differs (a route's rename, e.g.
+/// `openai/gpt-4o` → `gpt-4o` for OpenAI direct).
 std::string upstream_body(std::string_view body, Endpoint ep, const ParsedRequest& req,
-                          std::int64_t default_max_tokens);
+                          std::int64_t default_max_tokens, std::string_view upstream_model = {});
 
 /// OpenAI/OpenRouter `usage` object (OpenRouter adds `cost`, USD), as billing takes it. An
 /// upstream may send anything here, so inspect_json reads it defensively:

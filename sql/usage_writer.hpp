@@ -52,6 +52,7 @@ struct UsageRecord {
   pricing::Micros cost = 0;    ///< upstream cost, credit units
   pricing::Micros charge = 0;  ///< credits deducted, credit units
   std::string status;          ///< success | upstream_error | client_aborted | upstream_aborted
+  std::string upstream;        ///< usage_logs.upstream: the upstream that served it ("" = none)
   std::string request_metadata_json = "{}";   ///< a JSON object
   std::string response_metadata_json = "{}";  ///< a JSON object
   std::int64_t created_at_us = 0;             ///< µs since the Unix epoch
@@ -94,7 +95,17 @@ struct UsageWriterStats {
   std::uint64_t spilled = 0;           ///< records waiting in the journal only (counted in `queued` too)
 };
 
-class UsageWriter {
+/// Where the request path sends usage records (the usage writer; fakes in the request-path
+/// tests). append() never blocks on Postgres and never drops a record.
+class UsageSink {
+ public:
+  virtual ~UsageSink() = default;
+  virtual void append(UsageRecord&& rec) = 0;
+  /// Queue and commit counts (GET /metrics).
+  virtual UsageWriterStats stats() const = 0;
+};
+
+class UsageWriter final : public UsageSink {
  public:
   /// Opens (and locks) the journal folder and loads leftover segments for replay.
   /// Throws std::runtime_error if the folder cannot be used or is locked by another instance.
@@ -120,12 +131,12 @@ class UsageWriter {
   /// Appends a record to the journal and queues it. Thread-safe; one write(2), no fsync.
   /// Sets a UUIDv7 id first if `rec.id` is empty (the journal line carries it).
   void append(const UsageRecord& rec) { append(UsageRecord(rec)); }
-  void append(UsageRecord&& rec);
+  void append(UsageRecord&& rec) override;
   /// Stops after trying to commit what is queued for at most `drain_timeout`.
   void stop(std::chrono::milliseconds drain_timeout = std::chrono::seconds(5));
   /// Blocks until everything appended so far is committed, or the timeout passes.
   bool flush(std::chrono::milliseconds timeout);
-  UsageWriterStats stats() const;
+  UsageWriterStats stats() const override;
 
  private:
   struct Pending {

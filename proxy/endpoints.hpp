@@ -1,0 +1,46 @@
+#pragma once
+// The endpoint table: method, path, authentication policy, API dialect and handler of every
+// URL tollgate serves on its client listener. A new endpoint is one row here plus its handler
+// (a function of the phase shape, proxy/phase.hpp). The Stripe webhook (authenticated by its
+// signature) and OpenRouter's /api/v1/* endpoints become rows with their own policy.
+#include "proxy/phase.hpp"
+
+#include <boost/beast/http/verb.hpp>
+
+#include <span>
+#include <string_view>
+
+namespace tollgate {
+
+/// Who may call an endpoint, checked before its handler runs (and before any body is read).
+enum class AuthPolicy {
+  api_key,  ///< a tollgate API key (Authorization: Bearer tg_…): phase 2, authenticate()
+  none,     ///< anyone (the handler authenticates, or nothing needs it)
+};
+
+struct EndpointRoute {
+  boost::beast::http::verb method;
+  std::string_view path;           ///< exact, without query or trailing slash, e.g. "/v1/chat/completions"
+  AuthPolicy auth;
+  Phase handler;                   ///< runs after authentication; answers or relays
+  const Dialect* dialect;          ///< the API the caller speaks (request parsing, errors)
+  wire::Endpoint endpoint = wire::Endpoint::chat_completions;  ///< for proxied endpoints
+  std::string_view upstream_path;  ///< appended to the upstream's base path ("" for local ones)
+};
+
+/// Every row, in match order.
+std::span<const EndpointRoute> endpoint_routes();
+
+/// The row for `path` (query stripped, one trailing slash ignored) and `method`. When the path
+/// is known but the method is not, answers 405 naming the allowed method; an unknown path 404.
+/// Sets ctx.route, ctx.dialect, ctx.endpoint and ctx.upstream_path.
+Step route_request(RequestCtx& ctx, boost::beast::http::verb method, std::string_view method_name,
+                   std::string_view target);
+
+/// The handler of the proxied generation endpoints: read the body, parse, admit, forward, then
+/// record and settle.
+net::awaitable<Step> proxy_generation(Pipe& p, RequestCtx& ctx);
+/// GET /v1/models: the models that have a price (OpenAI's list shape).
+net::awaitable<Step> list_models(Pipe& p, RequestCtx& ctx);
+
+}  // namespace tollgate
