@@ -125,7 +125,7 @@ test('1: routes by pattern and priority, renames the model for the upstream, rec
   await changeRoutes(async () => {
     await h.addUpstream(U('t1-a'), A.base, { keyRef: KEY_REF });
     await h.addUpstream(U('t1-b'), B.base, { keyRef: KEY_REF, args: ['--header', 'X-Title: tollgate e2e'] });
-    await h.addUpstream(U('t1-c'), C.base, { keyRef: KEY_REF });
+    await h.addUpstream(U('t1-c'), `${C.url}/v1`, { keyRef: KEY_REF }); // another base path
     await h.addRoute(M('t1/openai-*'), U('t1-a'), { priority: 10, upstreamModel: renamed });
     await h.addRoute(M('t1/*'), U('t1-b'));
     await h.addRoute(M('t1/llama-*'), U('t1-c'), { priority: 10 });
@@ -134,9 +134,9 @@ test('1: routes by pattern and priority, renames the model for the upstream, rec
   assert.match(listed, new RegExp(`${M('t1/openai-\\*')}\\s+${U('t1-a')}\\s+${renamed}\\s+10\\s+1\\s+active`));
 
   const cases = [
-    { model: M('t1/openai-gpt'), serving: A, upstream: U('t1-a'), sent: renamed, chunks: 3 },
-    { model: M('t1/other'), serving: B, upstream: U('t1-b'), sent: M('t1/other'), chunks: 5 },
-    { model: M('t1/llama-3'), serving: C, upstream: U('t1-c'), sent: M('t1/llama-3'), chunks: 7 },
+    { model: M('t1/openai-gpt'), serving: A, upstream: U('t1-a'), sent: renamed, chunks: 3, path: '/api/v1' },
+    { model: M('t1/other'), serving: B, upstream: U('t1-b'), sent: M('t1/other'), chunks: 5, path: '/api/v1' },
+    { model: M('t1/llama-3'), serving: C, upstream: U('t1-c'), sent: M('t1/llama-3'), chunks: 7, path: '/v1' },
   ];
   for (const c of cases) {
     const before = await counts([A, B, C]);
@@ -148,6 +148,7 @@ test('1: routes by pattern and priority, renames the model for the upstream, rec
     const { last, body } = await lastBody(c.serving);
     assert.equal(body.model, c.sent, `${c.model}: the model sent upstream`);
     assert.equal(last.authorization, `Bearer ${SECRET}`, 'the upstream key from env: was sent');
+    assert.equal(last.target, `${c.path}/chat/completions`, "the upstream's own base path");
     assert.equal(r.json.usage.completion_tokens, c.chunks);
     // The response is relayed as the upstream wrote it: its model is the one the upstream saw.
     assert.equal(r.json.model, c.sent, `${c.model}: the client sees the model the upstream returned`);
