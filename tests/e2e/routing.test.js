@@ -470,11 +470,12 @@ test('5: weights 3:1 split 4,000 requests 75 % ± 3 %', async (t) => {
 // ---------------------------------------------------------------------------------------------
 // 6. A route change by SQL applies on every instance within 1 s.
 
-test('6: a route change by SQL applies on every instance within 1 s of its commit', async (t) => {
+test('6: a route change by SQL (and `upstreams disable|enable`) applies on every instance within 1 s of its commit', async (t) => {
   const [X, Y] = await Promise.all([stub('stub-X6', 3), stub('stub-Y6', 5)]);
   const routeId = await changeRoutes(async () => {
     await h.addUpstream(U('t6-x'), X.base, { keyRef: KEY_REF });
     await h.addUpstream(U('t6-y'), Y.base, { keyRef: KEY_REF });
+    await h.addRoute(M('t6/switch'), U('t6-x'), { priority: -10 }); // the fallback once Y is disabled
     return h.addRoute(M('t6/switch'), U('t6-x'));
   });
   const second = await h.startProxy({ name: 'tollgate-2', env: ENV });
@@ -484,6 +485,28 @@ test('6: a route change by SQL applies on every instance within 1 s of its commi
     assert.equal(r.status, 200, r.text);
     return { chunks: r.json.usage.completion_tokens, sentAt: r.sentAt, doneAt: r.doneAt };
   };
+  /**
+   * Polls every instance until it is served by the stub with `want` chunks (the other one until
+   * then): per instance [min, max] ms after `since` at which it switched. Gives up after 2 s.
+   */
+  const switchTimes = (since, want, other) => Promise.all(instances.map(async (p) => {
+    let prev = null;
+    for (;;) {
+      const r = await tokens(p);
+      if (r.chunks === want) return { min: Math.max(0, (prev ? prev.sentAt : since) - since), max: r.doneAt - since };
+      assert.equal(r.chunks, other);
+      if (r.sentAt - since > 2000) return { min: Infinity, max: Infinity };
+      prev = r;
+      await sleep(5);
+    }
+  }));
+  const check = async (what, switched, want) => {
+    t.diagnostic(`${what}: served by the new upstream ${switched.map((s) => `${s.min}..${s.max} ms`).join(' and ')} ` +
+      'after the commit (instances 1 and 2)');
+    for (const [i, s] of switched.entries())
+      assert.ok(s.max <= 1000, `${what}: instance ${i + 1} still used the old route ${s.max} ms after the commit`);
+    for (const p of instances) for (let i = 0; i < 3; i++) assert.equal((await tokens(p)).chunks, want, `${what}: it stays`);
+  };
   for (const p of instances) assert.equal((await tokens(p)).chunks, 3, 'X serves before the change');
 
   // The commit's time by the database's clock (the same host clock as Date.now()): psql prints
@@ -492,21 +515,15 @@ test('6: a route change by SQL applies on every instance within 1 s of its commi
     `BEGIN; UPDATE model_routes SET upstream = ${lit(U('t6-y'))} WHERE id = ${routeId}; COMMIT;
      SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint`)).split('\n').pop());
   assert.ok(Math.abs(committedAt - Date.now()) < 1000, `commit time ${committedAt}`);
-  const switched = await Promise.all(instances.map(async (p) => {
-    let prev = null;
-    for (;;) {
-      const r = await tokens(p);
-      if (r.chunks === 5) return { min: (prev ? prev.sentAt : committedAt) - committedAt, max: r.doneAt - committedAt };
-      assert.equal(r.chunks, 3);
-      if (r.sentAt - committedAt > 2000) return { min: Infinity, max: Infinity };
-      prev = r;
-      await sleep(5);
-    }
-  }));
-  t.diagnostic(`route change served from the new upstream after ${switched.map((s) => `${Math.max(0, s.min)}..${s.max} ms`).join(' and ')} (instances 1 and 2)`);
-  for (const [i, s] of switched.entries()) assert.ok(s.max <= 1000, `instance ${i + 1} still used the old route ${s.max} ms after the commit`);
-  // And it stays switched.
-  for (const p of instances) for (let i = 0; i < 3; i++) assert.equal((await tokens(p)).chunks, 5);
+  await check('UPDATE model_routes', await switchTimes(committedAt, 5, 3), 5);
+
+  // The CLI: timed from before the command started (its commit is a little later).
+  let since = Date.now();
+  await tollgate('upstreams', 'disable', U('t6-y'));
+  await check('upstreams disable', await switchTimes(since, 3, 5), 3);
+  since = Date.now();
+  await tollgate('upstreams', 'enable', U('t6-y'));
+  await check('upstreams enable', await switchTimes(since, 5, 3), 5);
   await second.child.stop();
 });
 
