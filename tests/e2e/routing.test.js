@@ -13,13 +13,18 @@
 // and remove them at the end. Default configuration everywhere, except test 4's small circuit
 // threshold and cooldown (a test about those settings).
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import OpenAI from 'openai';
 
 import { closedPort, lit, psql, randomSuffix, readResponse, sleep, tollgate, toMicros, useHarness } from './harness.js';
 
+const exec = promisify(execFile);
+const SERVICES = fileURLToPath(new URL('../../deploy/local/services.sh', import.meta.url));
 const KEY_VAR = 'TG_E2E_UPSTREAM_KEY';
 const KEY_REF = `env:${KEY_VAR}`;
 const SECRET = `sk-e2e-upstream-secret-${randomSuffix(16)}`;
@@ -28,7 +33,7 @@ const ENV = { [KEY_VAR]: SECRET };
 const h = useHarness({
   env: ENV,
   models: ['t1/openai-gpt', 't1/other', 't1/llama-3', 't2/refused', 't2/s503', 't2/s429', 't2/s503-stream',
-    't2/all-fail', 't2/max', 't3/mid', 't4/cb', 't5/split', 't6/switch', 't7/secret'],
+    't2/all-fail', 't2/max', 't3/mid', 't4/cb', 't5/split', 't6/switch', 't7/secret', 't8/replay'],
 });
 h.watch(SECRET); // every child's output, from its first byte
 const CANARY = 'tollgate listening on'; // every instance prints it: proves the watch sees their output
@@ -573,6 +578,46 @@ test('7b: `tollgate upstreams list` and `routes list` show the key ref, never th
     assert.ok(!(stdout + stderr).includes(SECRET), `tollgate ${args.join(' ')} printed the key`);
     if (args[0] === 'upstreams') assert.match(stdout, new RegExp(`^${U('t7')}\\s+active\\s+\\S+\\s+${KEY_REF}\\s`, 'm'));
   }
+});
+
+// ---------------------------------------------------------------------------------------------
+// 8. A crash loses nothing, the serving upstream included.
+
+test('8: a usage row replayed from the journal after a crash still names the upstream that served it', async (t) => {
+  const services = process.env.TOLLGATE_SERVICES_DIR;
+  assert.ok(services, 'TOLLGATE_SERVICES_DIR is not set: run through tests/run.sh');
+  const S = await stub('stub-8', 3);
+  await changeRoutes(async () => {
+    await h.addUpstream(U('t8'), S.base, { keyRef: KEY_REF });
+    await h.addRoute(M('t8/replay'), U('t8'));
+  });
+  const env = { ...ENV, TOLLGATE_JOURNAL_DIR: join(h.tmp('journal8'), 'journal') };
+  const p = await h.startProxy({ name: 'tollgate-crash', env });
+  const warm = await chat(p.url, h.key, M('t8/replay')); // the key is cached from here on
+  assert.equal(warm.status, 200, warm.text);
+  assert.equal((await h.usageRow(warm.requestId)).upstream, U('t8'), 'the row written live');
+
+  // PostgreSQL down: the next request's usage stays in the journal; then the instance dies.
+  await exec('bash', [SERVICES, 'stop-pg', services]);
+  let r;
+  try {
+    r = await chat(p.url, h.key, M('t8/replay'));
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.usage.completion_tokens, 3);
+    await sleep(200); // journaled at once, its commit fails for as long as PostgreSQL is down
+    p.child.proc.kill('SIGKILL');
+    await p.child.exitPromise;
+  } finally {
+    await exec('bash', [SERVICES, 'start-pg', services]);
+  }
+  assert.equal(await h.usageRowNow(r.requestId), null, 'recorded before the crash: the replay is not tested');
+  const restarted = await h.startProxy({ name: 'tollgate-replay', env }); // the same journal
+  const row = await h.usageRow(r.requestId, 15_000);
+  t.diagnostic(`replayed row: upstream ${row.upstream}, status ${row.status}, charge ${row.credits_deducted}`);
+  assert.equal(row.status, 'success');
+  assert.equal(row.upstream, U('t8'));
+  assert.equal(toMicros(row.credits_deducted), (await h.price(M('t8/replay'), row.prompt_tokens, 3)).charge);
+  await restarted.child.stop();
 });
 
 // Last: it looks at the output of every process of the suite (fallbacks, circuit, errors above).
