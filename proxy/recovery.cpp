@@ -36,7 +36,13 @@ std::vector<ratelimit::Settlement> record_interrupted(sql::IntentJournal& journa
     if (oi.delivered > 0 && price) {
       r.prompt_tokens = oi.prompt_tokens >= 0 ? oi.prompt_tokens : i.prompt_estimate;
       r.completion_tokens = oi.delivered;
-      auto c = prices.charge(i.model, pricing::PricingSnapshot::token_cost(*price, r.prompt_tokens, r.completion_tokens));
+      // Priced as bill() prices a request without usage details: plain prompt and completion
+      // tokens, plus the request fee.
+      pricing::Metered m;
+      m.prompt = r.prompt_tokens;
+      m.completion = r.completion_tokens;
+      m.requests = 1;
+      auto c = prices.charge(i.model, pricing::PricingSnapshot::cost(*price, m));
       r.cost = c.cost;
       r.charge = std::min(c.charge, i.hold);
     }
