@@ -41,13 +41,15 @@ void field(std::string& out, std::string_view name, std::string_view value) {
   out += "\r\n";
 }
 
-void finish(std::string& out, std::optional<std::size_t> content_length, bool keep_alive) {
+void finish(std::string& out, std::optional<std::size_t> content_length, bool keep_alive, bool chunked) {
   if (content_length) {
     out += "Content-Length: ";
     append_number(out, *content_length);
     out += "\r\n";
-  } else {
+  } else if (chunked) {
     out += "Transfer-Encoding: chunked\r\n";
+  } else {
+    keep_alive = false;  // the body ends with the connection (RFC 9112 §6.3)
   }
   if (!keep_alive) out += "Connection: close\r\n";
   out += "\r\n";

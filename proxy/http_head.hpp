@@ -24,6 +24,6 @@ void field(std::string& out, std::string_view name, std::string_view value);
 
 /// Ends a head: "Content-Length: n" when `content_length` is set, else
 /// "Transfer-Encoding: chunked"; "Connection: close" unless `keep_alive`; the blank line.
-void finish(std::string& out, std::optional<std::size_t> content_length, bool keep_alive);
+void finish(std::string& out, std::optional<std::size_t> content_length, bool keep_alive, bool chunked = true);
 
 }  // namespace tollgate::http_head

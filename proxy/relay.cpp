@@ -68,20 +68,22 @@ beast::error_code parse_buffered(Parser& p, beast::flat_buffer& upbuf) {
   return ec;
 }
 
-/// Sends `head` (our response head, or nothing) and then `batch` as one HTTP chunk, unless the
+/// Sends `head` (our response head, or nothing) and then `batch` as one HTTP chunk (as is for an
+/// HTTP/1.0 client, whose body ends with the connection), unless the
 /// client has already left. Counts in out.delivered_chunks each output event whose bytes all
 /// reached the client's socket, so a partial write counts only the events before the break.
 /// Returns false when the client is gone: then out.client_aborted is set, and
 /// out.undelivered_output when an event with output did not get through.
-awaitable<bool> send_batch(beast::tcp_stream& client, std::string_view head, const SseBatch& batch, Outcome& out) {
+awaitable<bool> send_batch(beast::tcp_stream& client, std::string_view head, const SseBatch& batch, Outcome& out,
+                           bool chunked) {
   char size_line[20];
   std::size_t size_len = 0;
-  if (!batch.bytes.empty())
+  if (!batch.bytes.empty() && chunked)
     size_len = static_cast<std::size_t>(
         fmt::format_to_n(size_line, sizeof size_line, "{:x}\r\n", batch.bytes.size()).out - size_line);
   std::array<net::const_buffer, 4> message{net::buffer(head), net::buffer(size_line, size_len),
                                            net::buffer(batch.bytes),
-                                           net::buffer("\r\n", batch.bytes.empty() ? 0 : 2)};
+                                           net::buffer("\r\n", batch.bytes.empty() || !chunked ? 0 : 2)};
   beast::error_code ec = net::error::eof;
   std::size_t written = 0;
   if (!client_gone(client)) {
@@ -138,15 +140,18 @@ awaitable<void> relay_stream(Stream& up, beast::flat_buffer& upbuf, http::respon
   // in one write (the client sees its first token one wake-up sooner).
   ++app.metrics.streams;
   http::response_parser<http::buffer_body> bp{std::move(hp)};
+  // HTTP/1.0 has no chunked coding (RFC 9112 §6.1): its stream is delimited by the close.
+  const bool chunked = !ctx.client_http10;
+  if (!chunked) ctx.client_keep_alive = false;
   std::string head_bytes = response_head(out.status, content_type, ctx, std::nullopt, ctx.client_keep_alive,
-                                         out.generation_id);
+                                         out.generation_id, {}, chunked);
   count_status(app, out.status);
   client.expires_after(client_write_timeout);
   out.client_started = true;
   bool head_sent = false;
   SseBatch batch;
   if (upbuf.size() == 0) {
-    if (!co_await send_batch(client, head_bytes, batch, out)) co_return;
+    if (!co_await send_batch(client, head_bytes, batch, out, chunked)) co_return;
     head_sent = true;
   }
   // A stream has no total size limit (a 100,000-token answer is ~14 MiB of SSE); one event is
@@ -187,7 +192,7 @@ awaitable<void> relay_stream(Stream& up, beast::flat_buffer& upbuf, http::respon
       spdlog::warn("{}: upstream SSE event over {} bytes: stream cut", ctx.request_id, cfg.upstream_max_event_bytes);
     }
     if (!batch.bytes.empty() || !head_sent) {
-      if (!co_await send_batch(client, head_sent ? std::string_view{} : head_bytes, batch, out))
+      if (!co_await send_batch(client, head_sent ? std::string_view{} : head_bytes, batch, out, chunked))
         co_return;
       head_sent = true;
     }
@@ -207,9 +212,9 @@ awaitable<void> relay_stream(Stream& up, beast::flat_buffer& upbuf, http::respon
     batch.bytes += "\n\n";
   }
   if ((!batch.bytes.empty() || !head_sent) &&
-      !co_await send_batch(client, head_sent ? std::string_view{} : head_bytes, batch, out))
+      !co_await send_batch(client, head_sent ? std::string_view{} : head_bytes, batch, out, chunked))
     co_return;
-  if (!out.client_aborted) {
+  if (!out.client_aborted && chunked) {
     auto [wec, wn] = co_await net::async_write(client, http::make_chunk_last(), tuple_awaitable);
     if (wec) out.client_aborted = true;
   }

@@ -41,7 +41,7 @@ void count_status(App& app, int status) {
 std::string response_head(int status, std::string_view content_type, const RequestCtx& ctx,
                           std::optional<std::size_t> content_length, bool keep_alive,
                           const std::optional<std::string>& generation_id,
-                          std::string_view retry_after) {
+                          std::string_view retry_after, bool chunked) {
   std::string h;
   h.reserve(320);
   http_head::status_line(h, static_cast<unsigned>(status));
@@ -51,7 +51,7 @@ std::string response_head(int status, std::string_view content_type, const Reque
   for (const auto& [k, v] : ctx.headers) http_head::field(h, k, v);
   if (generation_id) http_head::field(h, "x-generation-id", *generation_id);
   if (!retry_after.empty()) http_head::field(h, "Retry-After", retry_after);
-  http_head::finish(h, content_length, keep_alive);
+  http_head::finish(h, content_length, keep_alive, chunked);
   return h;
 }
 

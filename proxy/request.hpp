@@ -71,6 +71,7 @@ struct RequestCtx {
   std::string_view upstream_path;  ///< e.g. "/chat/completions" (appended to the upstream's base path)
   // The client's connection.
   bool client_keep_alive = true;   ///< the client allows another request on this connection
+  bool client_http10 = false;      ///< an HTTP/1.0 request: no chunked coding in the response
   std::string client_accept;
   // Phase 2: authenticate.
   keys::KeyCache::Record key;
@@ -103,7 +104,7 @@ void count_status(App& app, int status);
 std::string response_head(int status, std::string_view content_type, const RequestCtx& ctx,
                           std::optional<std::size_t> content_length, bool keep_alive,
                           const std::optional<std::string>& generation_id = std::nullopt,
-                          std::string_view retry_after = {});
+                          std::string_view retry_after = {}, bool chunked = true);
 
 /// A reply tollgate makes itself, not the upstream's: an error in the caller's dialect, or a
 /// small JSON document (the model list).

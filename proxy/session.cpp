@@ -73,6 +73,7 @@ awaitable<bool> handle_request(beast::tcp_stream& client, beast::flat_buffer& bu
   ++app.metrics.requests;
   RequestCtx ctx;
   ctx.client_keep_alive = parser.keep_alive() && !last && !app.stopping;  // a graceful stop closes
+  ctx.client_http10 = parser.header().version() == 10;
   Pipe p{app, tc, client, buf, parser};
   Step s = co_await run_phases(p, ctx);
   p.leave_queue();
