@@ -21,6 +21,9 @@
 #   --out DIR    write the results there instead of bench/results/<timestamp>-<mode>
 #   --no-install do not apt-get/npm anything (fail if something is missing)
 #   --systems 'direct tollgate'    run a subset (direct, nginx, portkey, tollgate, tollgate-2t)
+#   --routes N   route by N rows of model_routes (1: `*` → one upstream row; 3: the model at
+#                weights 3:1 on two upstreams plus a `*` fallback) instead of the configured
+#                [upstream]; every upstream row is the profile's stub. Measures what routing costs.
 #   --perf       record a CPU profile (linux-perf) of tollgate during its max-throughput run:
 #                perf/*.txt in the results, top functions quoted in the report
 set -euo pipefail
@@ -33,7 +36,7 @@ started_at=$(date +%s)
 unset TOLLGATE_ADMISSION TOLLGATE_LISTEN TOLLGATE_ADMIN_LISTEN TOLLGATE_UPSTREAM_URL TOLLGATE_UPSTREAM_KEY TOLLGATE_JOURNAL_DIR TOLLGATE_REDIS_SOCKET
 abspath() { case $1 in /*) echo "$1" ;; *) echo "$caller_pwd/$1" ;; esac; }
 
-mode=quick build=1 install=1 portkey=auto bin_dir="" tools_dir="" out="" only="" perf=0
+mode=quick build=1 install=1 portkey=auto bin_dir="" tools_dir="" out="" only="" perf=0 routes=0
 while (($#)); do
   case $1 in
     --quick) mode=quick ;;
@@ -47,7 +50,8 @@ while (($#)); do
     --out) out=$(abspath "$2"); shift ;;
     --systems) only=$2; shift ;;
     --perf) perf=1 ;;
-    -h|--help) sed -n '2,27s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    --routes) routes=$2; shift ;;
+    -h|--help) sed -n '2,30s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -348,8 +352,23 @@ start_portkey() {
 
 # ------------------------------------------------------------------ tollgate (one instance per upstream profile)
 TG_PORT="" TG_ADMIN_PORT="" TG_PID=""
+# --routes N: upstream rows and model routes to the profile's stub (replaced per profile).
+set_routes() {  # set_routes PROFILE
+  ((routes > 0)) || return 0
+  local url="http://127.0.0.1:${STUB_PORT[$1]}/api/v1"
+  q -c "DELETE FROM model_routes" -c "DELETE FROM upstreams" \
+    -c "INSERT INTO upstreams (name, base_url, api_key_ref) VALUES ('bench-a', '$url', 'env:BENCH_STUB_KEY'),
+        ('bench-b', '$url', 'env:BENCH_STUB_KEY'), ('bench-c', '$url', 'env:BENCH_STUB_KEY')"
+  if ((routes == 1)); then
+    q -c "INSERT INTO model_routes (model_pattern, upstream) VALUES ('*', 'bench-a')"
+  else
+    q -c "INSERT INTO model_routes (model_pattern, upstream, priority, weight) VALUES ('$MODEL', 'bench-a', 10, 3),
+          ('$MODEL', 'bench-b', 10, 1), ('*', 'bench-c', 0, 1)"
+  fi
+}
 start_tollgate() {  # start_tollgate PROFILE THREADS
   local name=tollgate-$1-t$2
+  set_routes "$1"
   mkdir -p "$state/$name"
   cat >"$state/$name/tollgate.toml" <<EOF
 [server]
@@ -360,7 +379,7 @@ EOF
   rm -f "$state/$name/port" "$state/$name/admin-port"
   TOLLGATE_LISTEN=127.0.0.1:0 TOLLGATE_ADMIN_LISTEN=127.0.0.1:0 \
     TOLLGATE_UPSTREAM_URL="http://127.0.0.1:${STUB_PORT[$1]}/api/v1" \
-    TOLLGATE_UPSTREAM_KEY=$STUB_KEY TOLLGATE_JOURNAL_DIR="$state/$name/journal" \
+    TOLLGATE_UPSTREAM_KEY=$STUB_KEY BENCH_STUB_KEY=$STUB_KEY TOLLGATE_JOURNAL_DIR="$state/$name/journal" \
     "$TG" --config "$state/$name/tollgate.toml" serve --port-file "$state/$name/port" \
       --admin-port-file "$state/$name/admin-port" >>"$out/logs/$name.log" 2>&1 &
   TG_PID=$!; pids_to_stop+=("$TG_PID")

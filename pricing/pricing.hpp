@@ -2,8 +2,9 @@
 // Model prices, pricing rules, and the charge for one request.
 //
 // charge = max(min_cost_usd, ceil_to_micro(upstream_cost × (1 + markup_percentage / 100)))
-// where upstream_cost = prompt_tokens × prompt_price + completion_tokens × completion_price
-// (Postgres `model_prices`, USD per token) or, when configured, the upstream's `usage.cost`.
+// where upstream_cost is cost(price, metered): every metered quantity × its `model_prices`
+// price (USD per token, request, image or search; see Metered) or, when configured, the
+// upstream's `usage.cost`.
 // The rule is the highest-priority active `pricing_rules` row whose glob `model_pattern`
 // matches the model (ties: the order the rules were loaded in, i.e. created_at, id).
 // The same calculation in Postgres NUMERIC is `tollgate_price()` in sql/migrations.
@@ -19,11 +20,35 @@
 
 namespace tollgate::pricing {
 
-/// One row of `model_prices`: USD per token, as Picos (1e-12 USD) per token.
+/// One row of `model_prices`, every price in Picos (1e-12 USD) per unit. A component without a
+/// price of its own (NULL in SQL: nullopt or 0 here) is "not priced separately": cache reads and
+/// writes then cost the prompt price, reasoning the completion price, the rest nothing.
 struct ModelPrice {
   Picos prompt_per_token = 0;
   Picos completion_per_token = 0;
   std::int64_t context_length = 0;  ///< tokens; 0 = unknown
+  std::optional<Picos> cache_read_per_token = std::nullopt;  ///< input_cache_read_price; nullopt: prompt price
+  std::optional<Picos> cache_write_per_token = std::nullopt; ///< input_cache_write_price; nullopt: prompt price
+  std::optional<Picos> reasoning_per_token = std::nullopt;   ///< internal_reasoning_price; nullopt: completion price
+  Picos per_request = 0;     ///< request_price (NULL: 0)
+  Picos per_image = 0;       ///< image_price, per image input (NULL: 0)
+  Picos per_web_search = 0;  ///< web_search_price (NULL: 0)
+};
+
+/// What one request used, as priced: counts of tokens, requests, images and web searches.
+/// `cached_read` and `cache_write` are parts of `prompt` (OpenRouter's and OpenAI's
+/// prompt_tokens include them), `reasoning` is part of `completion` (OpenRouter counts
+/// reasoning tokens inside completion_tokens); they are never added on top. cost() reads
+/// negative counts as 0 and clamps the parts to their whole, as tollgate_price() does.
+struct Metered {
+  std::int64_t prompt = 0;        ///< tokens, cached and cache writes included
+  std::int64_t cached_read = 0;   ///< prompt tokens read from the provider's cache
+  std::int64_t cache_write = 0;   ///< prompt tokens written to the provider's cache
+  std::int64_t completion = 0;    ///< tokens, reasoning included
+  std::int64_t reasoning = 0;     ///< completion tokens spent reasoning
+  std::int64_t requests = 0;      ///< requests (1 for a billed request)
+  std::int64_t images = 0;        ///< image inputs
+  std::int64_t web_searches = 0;  ///< web searches
 };
 
 /// One active row of `pricing_rules`.
@@ -59,10 +84,24 @@ class PricingSnapshot {
   /// overflows (128-bit intermediate).
   static Picos token_cost(const ModelPrice& p, std::int64_t prompt_tokens,
                           std::int64_t completion_tokens);
+  /// Upstream cost in Picos of everything metered, each part at its own price (see Metered and
+  /// ModelPrice): exact, never negative, saturating at max_request_picos, never overflowing.
+  /// The same calculation in NUMERIC is the nine-argument tollgate_price() (migration 0008).
+  static Picos cost(const ModelPrice& p, const Metered& m);
+  /// The most cost() can be for a request of at most `prompt_max` prompt and `completion_max`
+  /// completion tokens (the admission hold): prompt_max × the dearest of the prompt, cache-read
+  /// and cache-write prices + completion_max × the dearer of the completion and reasoning
+  /// prices + one request fee. Image inputs and web searches are not bounded (none are metered
+  /// today: OpenRouter's usage reports no count of them). Saturates like cost().
+  static Picos worst_case_cost(const ModelPrice& p, std::int64_t prompt_max, std::int64_t completion_max);
   /// Applies the rule for `model` to an exact upstream cost. A negative cost counts as 0; cost
   /// and charge are in [0, max_request_micros] whatever the cost, markup or minimum (a markup
   /// below -100 % gives 0, never a negative charge that would credit the account).
   Charge charge(std::string_view model, Picos upstream_cost) const;
+
+  /// Whether a computed cost and an upstream's reported cost (both Picos) differ by more than
+  /// 1 % of the reported one (any difference when it reported 0): tollgate_cost_drift.
+  static bool drifts(Picos computed, Picos reported) noexcept;
 
  private:
   std::unordered_map<std::string, ModelPrice> prices_;

@@ -46,12 +46,12 @@ std::string metrics_text(App& app) {
                  "tollgate_timeouts_total{{phase=\"body\"}} {}\ntollgate_shed_total{{reason=\"overloaded\"}} {}\n"
                  "tollgate_connection_failures_total {}\ntollgate_key_cache_stale_served_total {}\n"
                  "tollgate_accept_out_of_descriptors_total {}\ntollgate_overruns_total {}\n"
-                 "tollgate_overrun_micros_total {}\ntollgate_usage_missing_total {}\n",
+                 "tollgate_overrun_micros_total {}\ntollgate_usage_missing_total {}\ntollgate_cost_drift_total {}\n",
                  app.connections.open(), m.connections_refused_total.load(),
                  m.connections_refused_per_address.load(), m.requests_refused.load(), m.header_timeouts.load(),
                  m.body_timeouts.load(), m.shed_overloaded.load(), m.session_failures.load(),
                  app.key_cache.stale_served(), m.accept_out_of_descriptors.load(), m.overruns.load(),
-                 m.overrun_micros.load(), m.usage_missing.load());
+                 m.overrun_micros.load(), m.usage_missing.load(), m.cost_drift.load());
   routing::render_circuit_metrics(app.circuits, out);
   return out;
 }

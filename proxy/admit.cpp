@@ -36,8 +36,10 @@ std::int64_t max_tokens_limit(const keys::KeyRecord& k) {
 
 }  // namespace
 
-/// The worst case — every body byte a prompt token (an upper bound for text) plus max_tokens (or
-/// the cap tollgate sends) of completion — priced with the model's price and pricing rule.
+/// The worst case — every body byte a prompt token (an upper bound for text) at the dearest of the
+/// prompt, cache-read and cache-write prices, plus max_tokens (or the cap tollgate sends) of
+/// completion at the dearer of completion and reasoning, plus the request fee — priced with the
+/// model's pricing rule.
 awaitable<Step> admit(Pipe& p, RequestCtx& ctx) {
   App& app = p.app;
   std::int64_t per_request = max_tokens_limit(*ctx.key);
@@ -51,7 +53,8 @@ awaitable<Step> admit(Pipe& p, RequestCtx& ctx) {
   std::int64_t completion_max =
       ctx.endpoint == wire::Endpoint::embeddings ? 0 : ctx.req.max_tokens.value_or(ctx.default_cap);
   pricing::Micros worst =
-      ctx.pricing->charge(ctx.req.model, pricing::PricingSnapshot::token_cost(*ctx.price, prompt_max, completion_max))
+      ctx.pricing->charge(ctx.req.model,
+                          pricing::PricingSnapshot::worst_case_cost(*ctx.price, prompt_max, completion_max))
           .charge;
   ctx.hold = worst;  // the charge never exceeds it (record.cpp)
   auto insufficient = [&](pricing::Micros available) {

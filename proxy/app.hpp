@@ -31,6 +31,7 @@ struct Metrics {
   /// worst case admitted), and their excess in credit units.
   std::atomic<std::uint64_t> overruns{0}, overrun_micros{0};
   std::atomic<std::uint64_t> usage_missing{0};  ///< 2xx without believable usage: billed as delivered
+  std::atomic<std::uint64_t> cost_drift{0};  ///< computed cost > 1 % from the upstream's usage.cost
   std::atomic<std::uint64_t> key_cache_hits{0}, key_cache_misses{0};
   std::atomic<std::uint64_t> key_lookups{0};           ///< Postgres lookups of keys
   std::atomic<std::uint64_t> key_filter_refusals{0};   ///< refused by the filter, no lookup

@@ -5,6 +5,7 @@
 #include "proxy/config.hpp"
 #include "proxy/concrete_seams.hpp"
 #include "proxy/lookup_pool.hpp"
+#include "proxy/prices_sync.hpp"
 #include "proxy/routing_cli.hpp"
 #include "proxy/recovery.hpp"
 #include "proxy/server.hpp"
@@ -243,6 +244,10 @@ int main(int argc, char** argv) {
   prices_set->add_option("PROMPT_USD_PER_TOKEN", prompt_usd)->required();
   prices_set->add_option("COMPLETION_USD_PER_TOKEN", completion_usd)->required();
   prices_set->add_option("--context-length", context_length);
+  std::string sync_from, sync_only;
+  auto* prices_sync = prices->add_subcommand("sync", "Fill model_prices from an upstream's /models (OpenRouter shape)");
+  prices_sync->add_option("--from", sync_from, "The upstream's base URL, e.g. https://openrouter.ai/api/v1")->required();
+  prices_sync->add_option("--only", sync_only, "Only the models matching this glob, e.g. 'openai/*'");
 
   RoutingCommands routing_cmds(cli);
 
@@ -280,6 +285,9 @@ int main(int argc, char** argv) {
     } else if (prices_set->parsed()) {
       sql::upsert_model_price(db, model, prompt_usd, completion_usd, context_length);
       fmt::print("price of {} set\n", model);
+    } else if (prices_sync->parsed()) {
+      auto r = sync_prices(db, sync_from, sync_only);
+      fmt::print("{} model price(s) synced, {} skipped\n", r.upserted, r.skipped);
     }
     return 0;
   } catch (const std::invalid_argument& e) {

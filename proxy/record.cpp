@@ -1,5 +1,7 @@
 #include "proxy/record.hpp"
 
+#include "routing/route_table.hpp"
+
 #include <boost/json.hpp>
 #include <spdlog/spdlog.h>
 #include <fmt/format.h>
@@ -33,10 +35,15 @@ Bill bill(const Outcome& out, std::size_t body_bytes, pricing::Micros hold, cons
   std::optional<pricing::Picos> reported_cost;
   const bool ok_status = out.status >= 200 && out.status < 300;
   const bool usable = out.usage && !out.usage->implausible && !out.undelivered_output;
+  // What the upstream said it charged, recorded beside our charge whichever one bills.
+  if (out.usage && out.usage->cost_usd) b.upstream_cost = pricing::parse_decimal(*out.usage->cost_usd, 12);
   if (usable) {
     b.prompt_tokens = out.usage->prompt_tokens;
     b.completion_tokens = out.usage->completion_tokens;
-    if (cost_from_upstream && out.usage->cost_usd) reported_cost = pricing::parse_decimal(*out.usage->cost_usd, 12);
+    b.cached_tokens = out.usage->cached_tokens;
+    b.cache_write_tokens = out.usage->cache_write_tokens;
+    b.reasoning_tokens = out.usage->reasoning_tokens;
+    if (cost_from_upstream) reported_cost = b.upstream_cost;
   } else if (out.delivered_chunks > 0 || (ok_status && out.delivered_bytes > 0)) {
     // No usage to believe (the stream ended without it, the client left before output it
     // counts reached it, or the upstream sent none, garbage, negative or absurd counts): bill
@@ -54,9 +61,11 @@ Bill bill(const Outcome& out, std::size_t body_bytes, pricing::Micros hold, cons
   else b.status = "upstream_error";
   const pricing::ModelPrice* price = prices.price(model);
   if (price && (b.prompt_tokens > 0 || b.completion_tokens > 0 || reported_cost)) {
-    pricing::Picos cost = reported_cost ? *reported_cost
-                                        : pricing::PricingSnapshot::token_cost(*price, b.prompt_tokens, b.completion_tokens);
-    auto c = prices.charge(model, cost);
+    // A request that is billed at all pays the model's request fee once.
+    pricing::Metered m{b.prompt_tokens, b.cached_tokens, b.cache_write_tokens, b.completion_tokens, b.reasoning_tokens, 1};
+    pricing::Picos computed = pricing::PricingSnapshot::cost(*price, m);
+    if (usable && b.upstream_cost) b.cost_drift = pricing::PricingSnapshot::drifts(computed, *b.upstream_cost);
+    auto c = prices.charge(model, reported_cost ? *reported_cost : computed);
     b.cost = c.cost;
     b.charge = c.charge;
     // The hold bounds the charge: what the upstream delivered or reported beyond the worst case
@@ -101,6 +110,11 @@ std::optional<Recorded> record(App& app, const RequestCtx& ctx) {
   r.cost = b.cost;
   r.charge = b.charge;
   r.status = b.status;
+  r.cached_tokens = b.cached_tokens;
+  r.cache_write_tokens = b.cache_write_tokens;
+  r.reasoning_tokens = b.reasoning_tokens;
+  r.upstream_cost = b.upstream_cost;
+  if (b.cost_drift) ++app.metrics.cost_drift;
   pricing::Micros overrun = b.overrun;
   if (r.status == "usage_missing") ++app.metrics.usage_missing;
   if (overrun > 0) {

@@ -18,16 +18,26 @@ struct Recorded {
 /// What a request is billed (phase 6), as a pure function of what happened.
 struct Bill {
   std::int64_t prompt_tokens = 0, completion_tokens = 0;  ///< ≥ 0
+  /// Tokens priced apart, parts of prompt_tokens (cached, cache_write) and completion_tokens
+  /// (reasoning): from believable usage only, else 0.
+  std::int64_t cached_tokens = 0, cache_write_tokens = 0, reasoning_tokens = 0;
   pricing::Micros cost = 0;     ///< the upstream cost, credit units
   pricing::Micros charge = 0;   ///< in [0, hold]
   pricing::Micros overrun = 0;  ///< what the computed charge exceeded the hold by
+  /// What the upstream reported the request cost (`usage.cost`, USD) in Picos (1e-12 USD),
+  /// exact to 12 decimals (finer digits round up); nullopt when it reported none it believes.
+  std::optional<pricing::Picos> upstream_cost;
+  /// The cost computed from the model's prices differs from upstream_cost by more than 1 %
+  /// (believable usage only): tollgate_cost_drift_total.
+  bool cost_drift = false;
   std::string status;           ///< success | usage_missing | client_aborted | upstream_aborted | upstream_error
 };
 
 /// Bills an outcome: the upstream's usage when believable, else what was delivered (one token
 /// per output event, or ~4 bytes per token of a JSON body; the prompt as reported when
-/// plausible, else ~4 bytes per token of `body_bytes`); priced with `prices` (or the reported
-/// cost when `cost_from_upstream`); the charge never above `hold` (credit units).
+/// plausible, else ~4 bytes per token of `body_bytes`); priced with `prices`, every component
+/// at its own price plus the model's request fee (pricing::PricingSnapshot::cost), or at the
+/// reported cost when `cost_from_upstream`; the charge never above `hold` (credit units).
 Bill bill(const Outcome& out, std::size_t body_bytes, pricing::Micros hold, const pricing::PricingSnapshot& prices,
           const std::string& model, bool cost_from_upstream);
 

@@ -93,6 +93,31 @@ std::optional<std::string> usage_cost(od::value& v) {
   return std::string(raw);
 }
 
+/// Reads `prompt_tokens_details` (cached_tokens, cache_write_tokens) or
+/// `completion_tokens_details` (reasoning_tokens) into `usage`. Of a repeated object the last
+/// counts; null or not an object: no details (0); a null count is 0, any other count is read as
+/// usage_tokens() reads one (and may make the usage implausible).
+void usage_details(od::value& v, bool prompt_side, Usage& usage) {
+  if (prompt_side) usage.cached_tokens = usage.cache_write_tokens = 0;
+  else usage.reasoning_tokens = 0;
+  od::object d;
+  if (v.get_object().get(d) != simdjson::SUCCESS) return;
+  for (auto df : d) {
+    std::string_view dk;
+    if (df.unescaped_key().get(dk) != simdjson::SUCCESS) break;
+    std::int64_t* count = nullptr;
+    if (prompt_side && dk == "cached_tokens") count = &usage.cached_tokens;
+    else if (prompt_side && dk == "cache_write_tokens") count = &usage.cache_write_tokens;
+    else if (!prompt_side && dk == "reasoning_tokens") count = &usage.reasoning_tokens;
+    if (!count) continue;
+    od::value dv;
+    if (df.value().get(dv) != simdjson::SUCCESS) break;
+    bool null = false;
+    if (dv.is_null().get(null) == simdjson::SUCCESS && null) *count = 0;
+    else *count = usage_tokens(dv, usage.implausible);
+  }
+}
+
 }  // namespace
 
 std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err) {
@@ -264,8 +289,14 @@ std::optional<ChunkInfo> inspect_json(std::string_view json) {
         } else if (uk == "cost") {
           usage.cost_usd = usage_cost(uv);
           if (!usage.cost_usd && !uv.is_null()) usage.implausible = true;  // negative, huge, not a number
+        } else if (uk == "prompt_tokens_details" || uk == "completion_tokens_details") {
+          usage_details(uv, uk == "prompt_tokens_details", usage);
         }
       }
+      // The parts priced apart are parts of their whole: more is an upstream's mistake.
+      if (usage.cached_tokens + usage.cache_write_tokens > usage.prompt_tokens ||
+          usage.reasoning_tokens > usage.completion_tokens)
+        usage.implausible = true;
       info.usage = usage;
     }
   }

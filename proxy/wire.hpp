@@ -62,10 +62,21 @@ std::string upstream_body(std::string_view body, Endpoint ep, const ParsedReques
 ///  - `cost` is kept only when it is a JSON number in [0, max_request_picos] (USD 1,000,000);
 ///    a negative, non-numeric or larger one (a 30-digit `cost`) is not believed, and the request
 ///    is priced from its token counts, as with billing.cost_source = "prices".
+///  - the detail counts billing prices apart (OpenRouter, reference/WIRE.md) are read by the
+///    same rules: `prompt_tokens_details.cached_tokens` and `.cache_write_tokens` (parts of
+///    prompt_tokens), `completion_tokens_details.reasoning_tokens` (a part of
+///    completion_tokens: OpenRouter and OpenAI count reasoning inside completion_tokens). A
+///    details object that is null or absent, or a count in it that is null, counts 0 (vLLM and
+///    others send null for "none"). Parts larger than their whole (cached + cache_write >
+///    prompt_tokens, reasoning > completion_tokens) make the usage implausible. OpenRouter
+///    reports no count of web searches or image inputs: none is read.
 struct Usage {
   static constexpr std::int64_t max_tokens = 1'000'000'000;
   std::int64_t prompt_tokens = 0;      ///< in [0, max_tokens]
   std::int64_t completion_tokens = 0;  ///< in [0, max_tokens]
+  std::int64_t cached_tokens = 0;       ///< prompt tokens read from the cache, in [0, max_tokens]
+  std::int64_t cache_write_tokens = 0;  ///< prompt tokens written to the cache, in [0, max_tokens]
+  std::int64_t reasoning_tokens = 0;    ///< completion tokens spent reasoning, in [0, max_tokens]
   std::optional<std::string> cost_usd;  ///< the number's JSON text, exact (parse_decimal it)
   /// A token count that is not a number, negative or ≥ max_tokens, or a `cost` that is not
   /// believed: billing then treats the usage as missing (record.cpp, status usage_missing).

@@ -58,12 +58,27 @@ std::optional<keys::KeyRecord> lookup_key(PgConn& db, const std::string& key_has
 pricing::PricingSnapshotPtr load_pricing(PgConn& db) {
   using namespace pricing;
   std::unordered_map<std::string, ModelPrice> prices;
-  auto p = db.exec("SELECT model, prompt_price::text, completion_price::text,"
-                   " coalesce(context_length, 0) FROM model_prices");
+  auto p = db.exec("SELECT model, prompt_price::text, completion_price::text, coalesce(context_length, 0),"
+                   " input_cache_read_price::text, input_cache_write_price::text, internal_reasoning_price::text,"
+                   " request_price::text, image_price::text, web_search_price::text FROM model_prices");
   for (int i = 0; i < p.rows(); ++i) {
-    auto prompt = parse_decimal(p.get(i, 1), 12), completion = parse_decimal(p.get(i, 2), 12);
+    // A NULL price is nullopt ("not priced separately"); any other must parse.
+    auto price_at = [&](int col) -> std::optional<Picos> {
+      if (p.is_null(i, col)) return std::nullopt;
+      auto v = parse_decimal(p.get(i, col), 12);
+      if (!v) throw PgError("bad price for model " + p.str(i, 0), "");
+      return v;
+    };
+    auto prompt = price_at(1), completion = price_at(2);
     if (!prompt || !completion) throw PgError("bad price for model " + p.str(i, 0), "");
-    prices.emplace(p.str(i, 0), ModelPrice{*prompt, *completion, p.i64(i, 3)});
+    ModelPrice m{*prompt, *completion, p.i64(i, 3)};
+    m.cache_read_per_token = price_at(4);
+    m.cache_write_per_token = price_at(5);
+    m.reasoning_per_token = price_at(6);
+    m.per_request = price_at(7).value_or(0);
+    m.per_image = price_at(8).value_or(0);
+    m.per_web_search = price_at(9).value_or(0);
+    prices.emplace(p.str(i, 0), m);
   }
   std::vector<PricingRule> rules;
   auto r = db.exec("SELECT model_pattern, (markup_percentage * 100)::bigint,"

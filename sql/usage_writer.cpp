@@ -146,6 +146,41 @@ void append_timestamp(std::string& out, std::int64_t us) {
   out.append(b, sizeof b);
 }
 
+/// The usage record's price parts and upstream as JSON members (",\"cached_tokens\":…").
+void append_price_parts(std::string& out, const UsageRecord& r) {
+  out += R"(,"cached_tokens":)";
+  append_int(out, r.cached_tokens);
+  out += R"(,"cache_write_tokens":)";
+  append_int(out, r.cache_write_tokens);
+  out += R"(,"reasoning_tokens":)";
+  append_int(out, r.reasoning_tokens);
+  out += R"(,"upstream":)";
+  if (r.upstream.empty()) out += "null";
+  else append_json_string(out, r.upstream);
+  out += R"(,"upstream_cost_usd":)";
+  if (!r.upstream_cost) {
+    out += "null";
+  } else {
+    out.push_back('"');
+    out += pricing::format_picos(*r.upstream_cost);
+    out.push_back('"');
+  }
+}
+
+/// The same as COPY text columns, each after a tab (NULL: \N).
+void append_copy_price_parts(std::string& out, const UsageRecord& r) {
+  for (std::int64_t n : {r.cached_tokens, r.cache_write_tokens, r.reasoning_tokens}) {
+    out.push_back('\t');
+    append_int(out, n);
+  }
+  out.push_back('\t');
+  if (r.upstream.empty()) out += "\\N";
+  else append_copy_text(out, r.upstream);
+  out.push_back('\t');
+  if (r.upstream_cost) out += pricing::format_picos(*r.upstream_cost);
+  else out += "\\N";
+}
+
 // ---- uuids ----------------------------------------------------------------------------------
 
 /// 16 bytes; compares like Postgres' uuid type (memcmp).
@@ -314,6 +349,7 @@ void UsageRecord::append_json(std::string& out) const {
   out += response_metadata_json.empty() ? std::string_view("null") : std::string_view(response_metadata_json);
   out += R"(,"created_at_us":)";
   append_int(out, created_at_us);
+  append_price_parts(out, *this);
   out.push_back('}');
 }
 
@@ -698,7 +734,8 @@ bool UsageWriter::record_by_copy(PgConn& db, std::span<const Pending> batch, Scr
     //    locked, so that another writer's batch of the same account can COPY meanwhile.
     db.copy_begin("COPY usage_logs (id, request_id, user_id, api_key_id, model, prompt_tokens,"
                   " completion_tokens, total_tokens, cost_usd, credits_deducted, status,"
-                  " request_metadata, response_metadata, created_at) FROM STDIN");
+                  " request_metadata, response_metadata, created_at, cached_tokens, cache_write_tokens,"
+                  " reasoning_tokens, upstream, upstream_cost_usd) FROM STDIN");
     copying = true;
     std::string& t = s.text;
     t.clear();
@@ -739,6 +776,7 @@ bool UsageWriter::record_by_copy(PgConn& db, std::span<const Pending> batch, Scr
       append_copy_json(t, r.response_metadata_json);
       t.push_back('\t');
       append_timestamp(t, r.created_at_us);
+      append_copy_price_parts(t, r);
       t.push_back('\n');
       send_when_full(db, t);
     }

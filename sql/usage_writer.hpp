@@ -30,6 +30,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <thread>
@@ -52,10 +53,16 @@ struct UsageRecord {
   pricing::Micros cost = 0;    ///< upstream cost, credit units
   pricing::Micros charge = 0;  ///< credits deducted, credit units
   std::string status;          ///< success | upstream_error | client_aborted | upstream_aborted
-  std::string upstream;        ///< usage_logs.upstream: the upstream that served it ("" = none)
   std::string request_metadata_json = "{}";   ///< a JSON object
   std::string response_metadata_json = "{}";  ///< a JSON object
   std::int64_t created_at_us = 0;             ///< µs since the Unix epoch
+  /// Tokens priced apart: parts of prompt_tokens (cached reads, cache writes) and of
+  /// completion_tokens (reasoning), never added to them (usage_logs columns of the same names).
+  std::int64_t cached_tokens = 0, cache_write_tokens = 0, reasoning_tokens = 0;
+  std::string upstream;  ///< the name of the upstream that served the request (usage_logs.upstream); empty → NULL
+  /// What the upstream reported the request cost (`usage.cost`), Picos (1e-12 USD), stored as
+  /// usage_logs.upstream_cost_usd (USD, 12 decimals); nullopt → NULL (none reported).
+  std::optional<pricing::Picos> upstream_cost;
 
   /// One-line JSON object in the shape record_usage() reads ("id" only when set).
   std::string to_json() const;

@@ -75,15 +75,25 @@ struct Shared {
     std::mutex mu;  ///< guards the fields below
     std::uint64_t requests = 0;
     std::string last_method, last_target, last_auth, last_body;
+    RecordedHeader last_headers[kRecordedHeaderCount];
 
-    void record(std::string_view method, std::string_view target, std::string_view auth,
+    template <class Fields>
+    void record(std::string_view method, std::string_view target, const Fields& fields,
                 std::string_view body) {
         std::lock_guard lock(mu);
         ++requests;
         last_method.assign(method);
         last_target.assign(target);
-        last_auth.assign(auth);
+        last_auth.assign(fields[http::field::authorization]);
         last_body.assign(body);
+        for (std::size_t i = 0; i < kRecordedHeaderCount; ++i) {
+            auto it = fields.find(kRecordedHeaders[i]);
+            last_headers[i].present = it != fields.end();
+            if (last_headers[i].present)
+                last_headers[i].value.assign(it->value());
+            else
+                last_headers[i].value.clear();
+        }
     }
 
     void reset() {
@@ -93,6 +103,7 @@ struct Shared {
         last_target.clear();
         last_auth.clear();
         last_body.clear();
+        for (auto& h : last_headers) h = {};
         gen = 0;
         fail_counter = 0;
     }
@@ -112,6 +123,7 @@ private:
     asio::awaitable<bool> handle(Request& req);
     asio::awaitable<bool> handle_generation(Request& req, Endpoint endpoint);
     asio::awaitable<bool> stream_generation(const Failure& fail);
+    asio::awaitable<bool> stream_typed(const Failure& fail);
     asio::awaitable<void> reject(beast::error_code ec);
 
     /// Starts a response head (status line + common headers) in head_.
@@ -119,7 +131,8 @@ private:
     /// Completes head_ with Content-Length for body_ and sends both.
     asio::awaitable<bool> send_fixed(int status, std::string_view content_type,
                                      std::string_view extra_headers = {});
-    asio::awaitable<bool> send_error(int status, std::string_view message);
+    asio::awaitable<bool> send_error(int status, std::string_view message,
+                                     Endpoint endpoint = Endpoint::not_found);
     /// Sends body_ as one chunk (and the terminating chunk when `last`).
     asio::awaitable<bool> send_event(bool last = false);
     asio::awaitable<bool> sleep_ms(std::int64_t ms);
@@ -210,7 +223,7 @@ asio::awaitable<bool> Session::handle(Request& req) {
             {
                 std::lock_guard lock(shared_.mu);
                 render_last(body_, shared_.last_method, shared_.last_target, shared_.last_auth,
-                            shared_.last_body, shared_.requests);
+                            shared_.last_headers, shared_.last_body, shared_.requests);
             }
             co_return co_await send_fixed(200, "application/json");
         }
@@ -223,7 +236,7 @@ asio::awaitable<bool> Session::handle(Request& req) {
             break;
     }
 
-    shared_.record(req.method_string(), req.target(), req[http::field::authorization], req.body());
+    shared_.record(req.method_string(), req.target(), req.base(), req.body());
     if (endpoint == Endpoint::models) {  // public, like OpenRouter's GET /models
         body_.clear();
         put(body_, shared_.models_body);
@@ -232,20 +245,34 @@ asio::awaitable<bool> Session::handle(Request& req) {
     co_return co_await handle_generation(req, endpoint);
 }
 
-asio::awaitable<bool> Session::handle_generation(Request& req, Endpoint endpoint) {
-    // Authorization: Bearer <non-empty token> (must equal --require-key when set).
-    std::string_view auth = req[http::field::authorization];
+/// The token of `Authorization: Bearer <token>`, trimmed; empty if absent or another scheme.
+std::string_view bearer_token(std::string_view auth) {
     std::string_view token;
     if (auth.size() > 7 && beast::iequals(auth.substr(0, 7), "Bearer ")) {
         token = auth.substr(7);
         while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
         while (!token.empty() && token.back() == ' ') token.remove_suffix(1);
     }
-    if (token.empty() || (!shared_.require_key.empty() && token != shared_.require_key))
-        co_return co_await send_error(401, "No auth credentials found");
+    return token;
+}
+
+asio::awaitable<bool> Session::handle_generation(Request& req, Endpoint endpoint) {
+    // Authorization: Bearer <non-empty token> (must equal --require-key when set). The Anthropic
+    // Messages endpoint also takes `x-api-key` (then `anthropic-version` is required, as at
+    // Anthropic); with both, either may match.
+    const std::string_view bearer = bearer_token(req[http::field::authorization]);
+    const std::string_view api_key = endpoint == Endpoint::messages ? std::string_view(req["x-api-key"]) : std::string_view();
+    auto accepted = [&](std::string_view token) {
+        return !token.empty() && (shared_.require_key.empty() || token == shared_.require_key);
+    };
+    if (!accepted(bearer) && !accepted(api_key))
+        co_return co_await send_error(401, endpoint == Endpoint::messages ? "invalid x-api-key" : "No auth credentials found",
+                                      endpoint);
+    if (endpoint == Endpoint::messages && !accepted(bearer) && req["anthropic-version"].empty())
+        co_return co_await send_error(400, "anthropic-version: header is required", endpoint);
 
     if (auto err = decoder_.decode(endpoint, req.body(), shared_.defaults, plan_); !err.empty())
-        co_return co_await send_error(400, err);
+        co_return co_await send_error(400, err, endpoint);
 
     Failure fail = plan_.fail;
     if (fail.mode == FailMode::none && shared_.fail_every != 0 &&
@@ -270,13 +297,19 @@ asio::awaitable<bool> Session::handle_generation(Request& req, Endpoint endpoint
         default:
             break;
     }
+    // (No `co_await (c ? a() : b())`: GCC 12 mishandles awaitable temporaries in a conditional.)
+    if (plan_.stream && (endpoint == Endpoint::responses || endpoint == Endpoint::messages))
+        co_return co_await stream_typed(fail);
     if (plan_.stream) co_return co_await stream_generation(fail);
 
     body_.clear();
-    if (endpoint == Endpoint::embeddings)
-        render_embeddings(body_, plan_);
-    else
-        render_completion(body_, plan_);
+    switch (endpoint) {
+        case Endpoint::embeddings: render_embeddings(body_, plan_); break;
+        case Endpoint::responses: render_response(body_, plan_); break;
+        case Endpoint::messages: render_message(body_, plan_); break;
+        case Endpoint::images: render_images(body_, plan_); break;
+        default: render_completion(body_, plan_); break;
+    }
 
     char gen_header[64];
     const auto gen_end = fmt::format_to_n(gen_header, sizeof gen_header, "X-Generation-Id: gen-{}\r\n",
@@ -337,6 +370,52 @@ asio::awaitable<bool> Session::stream_generation(const Failure& fail) {
     co_return keep_alive_;
 }
 
+/// Responses API and Anthropic Messages streams: typed events (`event:` + `data:`), no [DONE].
+asio::awaitable<bool> Session::stream_typed(const Failure& fail) {
+    if (!http11_) keep_alive_ = false;
+    begin_head(200, "text/event-stream");
+    fmt::format_to(fmt::appender(head_), "Cache-Control: no-cache\r\nX-Generation-Id: gen-{}\r\n{}\r\n",
+                   plan_.gen, http11_ ? "Transfer-Encoding: chunked\r\n" : "");
+    constexpr std::string_view comment = ": OPENROUTER PROCESSING\n\n";  // as OpenRouter sends it
+    if (http11_)
+        fmt::format_to(fmt::appender(head_), "{:x}\r\n{}\r\n", comment.size(), comment);
+    else
+        put(head_, comment);
+    if (!co_await write(std::array{cbuf(view(head_))})) co_return false;
+
+    for (std::size_t i = 0, n = typed_prologue_events(plan_); i < n; ++i) {
+        body_.clear();
+        render_typed_prologue(body_, plan_, i);
+        if (!co_await send_event()) co_return false;
+    }
+    const bool cut = fail.mode == FailMode::midstream || fail.mode == FailMode::drop_midstream;
+    const std::uint64_t total = plan_.completion_tokens;
+    const std::uint64_t sent = cut ? total / 2 : total;
+    for (std::uint64_t i = 0; i < sent; ++i) {
+        if (i > 0 && plan_.chunk_interval_ms > 0 && !co_await sleep_ms(plan_.chunk_interval_ms))
+            co_return false;
+        body_.clear();
+        render_typed_content(body_, plan_, i);
+        if (!co_await send_event()) co_return false;
+    }
+    if (fail.mode == FailMode::drop_midstream) {
+        close_abruptly();
+        co_return false;
+    }
+    if (fail.mode == FailMode::midstream) {
+        body_.clear();
+        render_typed_error(body_, plan_, sent);
+        co_await send_event(true);
+        co_return false;
+    }
+    for (std::size_t i = 0, n = typed_epilogue_events(plan_); i < n; ++i) {
+        body_.clear();
+        render_typed_epilogue(body_, plan_, i);
+        if (!co_await send_event(i + 1 == n)) co_return false;
+    }
+    co_return keep_alive_;
+}
+
 void Session::begin_head(int status, std::string_view content_type) {
     std::string_view reason = http::obsolete_reason(static_cast<http::status>(status));
     if (reason.starts_with('<')) reason = "Unknown";
@@ -357,9 +436,9 @@ asio::awaitable<bool> Session::send_fixed(int status, std::string_view content_t
     co_return co_await write(std::array{cbuf(view(head_)), cbuf(view(body_))}) && keep_alive_;
 }
 
-asio::awaitable<bool> Session::send_error(int status, std::string_view message) {
+asio::awaitable<bool> Session::send_error(int status, std::string_view message, Endpoint endpoint) {
     body_.clear();
-    render_error(body_, status, message);
+    render_error_for(body_, endpoint, status, message);
     co_return co_await send_fixed(status, "application/json");
 }
 

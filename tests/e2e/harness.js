@@ -131,10 +131,19 @@ class Child {
   constructor(name, file, args, env) {
     this.name = name;
     this.log = '';
+    this.bytes = 0; // everything it ever wrote (this.log keeps the last 64 KiB of it)
+    this.needles = []; // strings that must never appear in its output (see watch())
+    this.found = new Set();
     this.exited = null;
     this.proc = spawn(file, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let tail = '';
     const keep = (d) => {
-      this.log = (this.log + d.toString()).slice(-65536);
+      const text = d.toString();
+      // A needle split across two reads is still found: scan the end of the last read with this one.
+      for (const n of this.needles) if ((tail + text).includes(n)) this.found.add(n);
+      tail = (tail + text).slice(-4096);
+      this.bytes += text.length;
+      this.log = (this.log + text).slice(-65536);
       if (process.env.E2E_VERBOSE) process.stderr.write(`[${name}] ${d}`);
     };
     this.proc.stdout.on('data', keep);
@@ -175,6 +184,18 @@ class Child {
     throw new Error(`${this.name} not ready within 10 s (${lastErr}):\n${this.log}`);
   }
 
+  /** Its output since `mark` (a this.bytes value), as far as the last 64 KiB reach. */
+  logSince(mark) {
+    const n = this.bytes - mark;
+    return n <= 0 ? '' : this.log.slice(-Math.min(n, this.log.length));
+  }
+
+  /** Records from now on whether `needle` ever appears in its stdout or stderr (this.found). */
+  watch(needle) {
+    if (!this.needles.includes(needle)) this.needles.push(needle);
+    if (this.log.includes(needle)) this.found.add(needle);
+  }
+
   async stop() {
     if (this.exited) return this.exited;
     this.proc.kill('SIGTERM');
@@ -206,6 +227,8 @@ export class Harness {
     this.proxies = [];
     this.tmpDirs = [];
     this.emails = [];
+    this.upstreamNames = []; // `upstreams` rows this run added (removed with their routes at stop)
+    this.watched = []; // strings no child's output may contain (Child.watch)
   }
 
   tmp(prefix) {
@@ -214,16 +237,37 @@ export class Harness {
     return d;
   }
 
-  async startStub() {
+  /**
+   * Starts a tollgate-stub: { child, port, url, base, name, last(), requests(), reset(), stop() }.
+   * `args` are extra flags (`--fail status:503`, `--chunks 3`…); `requireKey` the bearer token it
+   * demands (null: any); `port` a fixed port (0: a free one), e.g. to restart a stub in place.
+   */
+  async startStub({ name = 'stub', args = [], requireKey = this.upstreamKey, port: wantedPort = 0 } = {}) {
     await waitForFile(STUB_BIN, 60_000, 'tollgate-stub binary');
     const dir = this.tmp('stub');
     const portFile = join(dir, 'port');
-    const child = new Child('stub', STUB_BIN, [
-      '--listen', '127.0.0.1:0', '--port-file', portFile, '--require-key', this.upstreamKey,
+    const child = new Child(name, STUB_BIN, [
+      '--listen', `127.0.0.1:${wantedPort}`, '--port-file', portFile,
+      ...(requireKey == null ? [] : ['--require-key', requireKey]), ...args,
     ], process.env);
     this.children.push(child);
+    for (const n of this.watched) child.watch(n);
     const port = await child.ready(portFile, '/__stub/last');
-    return { child, port, url: `http://127.0.0.1:${port}` };
+    const url = `http://127.0.0.1:${port}`;
+    return {
+      child, port, url, name,
+      base: `${url}/api/v1`, // what an upstream's base URL points at
+      /** {method, target, authorization, body, requests} of its last API request. */
+      last: async () => (await fetch(`${url}/__stub/last`)).json(),
+      /** How many API requests it has served since it started or was reset. */
+      requests: async () => (await (await fetch(`${url}/__stub/last`)).json()).requests,
+      reset: async () => {
+        const r = await fetch(`${url}/__stub/reset`, { method: 'POST' });
+        await r.arrayBuffer();
+        if (r.status !== 200) throw new Error(`${name}: /__stub/reset -> ${r.status}`);
+      },
+      stop: () => child.stop(),
+    };
   }
 
   /**
@@ -254,12 +298,13 @@ export class Harness {
     const child = new Child(name, TOLLGATE_BIN,
       [...args, 'serve', '--port-file', portFile, '--admin-port-file', adminPortFile], env);
     this.children.push(child);
+    for (const n of this.watched) child.watch(n);
     // Ready once the admin listener's /readyz says Postgres, Redis and the caches are; the API
     // port file is written just before it starts serving.
     const adminPort = await child.ready(adminPortFile, '/readyz');
     const port = Number(readFileSync(portFile, 'utf8').trim());
     const adminUrl = `http://127.0.0.1:${adminPort}`;
-    this.proxies.push({ child, url: `http://127.0.0.1:${port}`, adminUrl });
+    this.proxies.push({ child, url: `http://127.0.0.1:${port}`, adminUrl, name });
     // serve announces itself; the line may trail the port file by a moment.
     const deadline = Date.now() + 2000;
     while (!/tollgate listening on/.test(child.log) && Date.now() < deadline) await sleep(20);
@@ -291,11 +336,18 @@ export class Harness {
   /**
    * Prices, the stub, one `tollgate serve` and the main account. `upstream(stubUrl)`, when given,
    * returns the upstream base URL that proxy uses instead of the stub's own (e.g. a recording
-   * relay in front of the stub).
+   * relay in front of the stub). `env`: extra environment of that proxy. `models`: more models,
+   * named relative to this.namespace (`t1/x` is `<namespace>/t1/x`), priced like this.model.
    */
-  async start({ upstream } = {}) {
+  async start({ upstream, env = {}, models = [] } = {}) {
     // Prices and the pricing rule first, so the proxy's first pricing snapshot has them.
     await tollgate('prices', 'set', this.model, this.promptPrice, this.completionPrice, '--context-length', '8192');
+    if (models.length)
+      await psql(
+        `INSERT INTO model_prices (model, prompt_price, completion_price, context_length) VALUES ${models
+          .map((m) => `(${lit(`${this.namespace}/${m}`)}, ${this.promptPrice}, ${this.completionPrice}, 8192)`)
+          .join(', ')}`,
+      );
     await psql(
       `INSERT INTO pricing_rules (model_pattern, markup_percentage, min_cost_usd, is_active, priority)
        VALUES (${lit(`${this.namespace}/*`)}, ${this.markupPercent}, 0, true, 1000)`,
@@ -303,7 +355,7 @@ export class Harness {
     const stub = await this.startStub();
     this.stub = stub;
     this.stubUrl = stub.url;
-    const proxy = await this.startProxy(upstream ? { upstreamUrl: await upstream(stub.url) } : {});
+    const proxy = await this.startProxy(upstream ? { upstreamUrl: await upstream(stub.url), env } : { env });
     this.proxy = proxy;
     this.url = proxy.url;
     this.adminUrl = proxy.adminUrl;
@@ -323,6 +375,11 @@ export class Harness {
     for (const d of this.tmpDirs) rmSync(d, { recursive: true, force: true });
     // Our rows only: the namespace's price and rule, and this run's accounts (cascades).
     try {
+      if (this.upstreamNames.length) {
+        const names = this.upstreamNames.map(lit).join(',');
+        await psql(`DELETE FROM model_routes WHERE upstream IN (${names})`);
+        await psql(`DELETE FROM upstreams WHERE name IN (${names})`);
+      }
       await psql(`DELETE FROM pricing_rules WHERE model_pattern = ${lit(`${this.namespace}/*`)}`);
       await psql(`DELETE FROM model_prices WHERE model LIKE ${lit(`${this.namespace}/%`)}`);
       if (this.emails.length)
@@ -343,7 +400,7 @@ export class Harness {
          'request_id', request_id, 'user_id', user_id, 'api_key_id', api_key_id, 'model', model,
          'prompt_tokens', prompt_tokens, 'completion_tokens', completion_tokens,
          'total_tokens', total_tokens, 'cost_usd', cost_usd::text,
-         'credits_deducted', credits_deducted::text, 'status', status,
+         'credits_deducted', credits_deducted::text, 'status', status, 'upstream', upstream,
          'request_metadata', request_metadata, 'response_metadata', response_metadata)
        FROM usage_logs WHERE request_id = ${lit(requestId)}`,
     );
@@ -417,6 +474,89 @@ export class Harness {
   async stubLast() {
     const res = await fetch(`${this.stubUrl}/__stub/last`);
     return res.json();
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Upstreams and model routes (issue 12)
+
+  /**
+   * `tollgate upstreams add NAME BASE_URL [--key-ref REF] [extra CLI args]`; the row (and its
+   * routes) are removed at stop. Returns the CLI's { stdout, stderr }.
+   */
+  async addUpstream(name, baseUrl, { keyRef, args = [] } = {}) {
+    this.upstreamNames.push(name);
+    return tollgate('upstreams', 'add', name, baseUrl, ...(keyRef ? ['--key-ref', keyRef] : []), ...args);
+  }
+
+  /** `tollgate routes add PATTERN UPSTREAM …`; returns the route id it printed. */
+  async addRoute(pattern, upstream, { priority, weight, upstreamModel } = {}) {
+    const args = ['routes', 'add', pattern, upstream];
+    if (priority !== undefined) args.push('--priority', String(priority));
+    if (weight !== undefined) args.push('--weight', String(weight));
+    if (upstreamModel !== undefined) args.push('--upstream-model', upstreamModel);
+    const { stdout } = await tollgate(...args);
+    const m = /^route (\d+) added$/m.exec(stdout);
+    if (!m) throw new Error(`routes add printed ${JSON.stringify(stdout)}`);
+    return Number(m[1]);
+  }
+
+  /**
+   * Waits (up to `ms`) until every running tollgate has reloaded its route table since the route
+   * rows were last changed: its last "routes loaded: … N route(s)" log line after `marks` (from
+   * logMarks(), taken before the change) counts the active routes on active upstreams now in the
+   * database. Throws if one has not, naming it.
+   */
+  async routesSettled(marks, ms = 3000) {
+    const want = Number(await psql(
+      `SELECT count(*) FROM model_routes r JOIN upstreams u ON u.name = r.upstream WHERE r.is_active AND u.is_active`));
+    const deadline = Date.now() + ms;
+    for (const p of this.proxies) {
+      if (p.child.exited) continue;
+      for (;;) {
+        const lines = [...p.child.logSince(marks.get(p) ?? 0).matchAll(/routes loaded: .*?(\d+) route\(s\)/g)];
+        const got = lines.length ? Number(lines[lines.length - 1][1]) : null;
+        if (got === want || (got !== null && want === 0)) break;
+        if (Date.now() > deadline)
+          throw new Error(`${p.name} did not reload its routes within ${ms} ms (want ${want} routes, last loaded ${got}):\n${p.child.log.slice(-2000)}`);
+        await sleep(10);
+      }
+    }
+  }
+
+  /** Where each running proxy's output is now, for routesSettled(). */
+  logMarks() {
+    return new Map(this.proxies.map((p) => [p, p.child.bytes]));
+  }
+
+  /** Every child from now on (and those started later) records whether `needle` is in its output. */
+  watch(needle) {
+    this.watched.push(needle);
+    for (const c of this.children) c.watch(needle);
+  }
+
+  /** The children whose output contained `needle` (watched with watch()), by name. */
+  leakedTo(needle) {
+    return this.children.filter((c) => c.found.has(needle)).map((c) => c.name);
+  }
+
+  /** GET /metrics of a proxy (default: the main one), as text. */
+  async metrics(adminUrl = this.adminUrl) {
+    const res = await fetch(`${adminUrl}/metrics`);
+    if (res.status !== 200) throw new Error(`${adminUrl}/metrics -> ${res.status}`);
+    return res.text();
+  }
+
+  /** Every usage row of an account: [{request_id, upstream, status, credits_deducted, …}]. */
+  async usageRows(userId) {
+    return (
+      (await psqlJson(
+        `SELECT json_agg(json_build_object('request_id', request_id, 'model', model, 'upstream', upstream,
+                 'status', status, 'prompt_tokens', prompt_tokens, 'completion_tokens', completion_tokens,
+                 'credits_deducted', credits_deducted::text, 'response_metadata', response_metadata)
+                 ORDER BY created_at)
+         FROM usage_logs WHERE user_id = ${lit(userId)}`,
+      )) || []
+    );
   }
 }
 

@@ -4,8 +4,10 @@
 // Invariants: when an independent parser (Boost.JSON: strict RFC 8259, last duplicate key wins,
 // as JavaScript and Python read it, and as the client's SDK will) reads the body as an object,
 // inspect_json reads it too and agrees on every field billing uses: `id`, `error`, the last
-// `finish_reason` of `choices`, `usage.prompt_tokens`/`completion_tokens` (integers) and
-// `usage.cost` (a number, its exact text); and what billing makes of the result stays in range
+// `finish_reason` of `choices`, `usage.prompt_tokens`/`completion_tokens` and the detail counts
+// (`prompt_tokens_details.cached_tokens`/`cache_write_tokens`,
+// `completion_tokens_details.reasoning_tokens`; integers) and `usage.cost` (a number, its exact
+// text); and what billing makes of the result stays in range
 // (usage_checks.hpp).
 #include "proxy/wire.hpp"
 #include "tests/fuzz/fuzz_check.hpp"
@@ -70,6 +72,15 @@ void compare_with_boost(std::string_view body, const std::optional<wire::ChunkIn
   const json::object& u = usage->as_object();
   check_tokens(info->usage->prompt_tokens, u, "prompt_tokens");
   check_tokens(info->usage->completion_tokens, u, "completion_tokens");
+  // The detail counts, from the last details object when it is one (null or another type: 0).
+  static const json::object no_details;
+  auto details = [&](std::string_view key) -> const json::object& {
+    const json::value* d = u.if_contains(key);
+    return d && d->is_object() ? d->as_object() : no_details;
+  };
+  check_tokens(info->usage->cached_tokens, details("prompt_tokens_details"), "cached_tokens");
+  check_tokens(info->usage->cache_write_tokens, details("prompt_tokens_details"), "cache_write_tokens");
+  check_tokens(info->usage->reasoning_tokens, details("completion_tokens_details"), "reasoning_tokens");
   const json::value* cost = u.if_contains("cost");
   bool cost_is_number = cost && (cost->is_int64() || cost->is_uint64() || cost->is_double());
   // Billing keeps a cost only when it is a number in [0, $1,000,000] (wire.cpp usage_cost); well

@@ -1,7 +1,8 @@
 #pragma once
 // Invariants shared by the fuzz targets that read upstream JSON (sse_usage, response_json):
 // what wire::inspect_json returns, and what billing makes of it (pricing::parse_decimal for
-// `usage.cost`, token_cost and charge for token counts) never overflows or goes negative.
+// `usage.cost`, token_cost, cost and charge for token counts) never overflows or goes negative,
+// and the detail counts are parts of their whole whenever the usage is believed.
 #include "pricing/money.hpp"
 #include "pricing/pricing.hpp"
 #include "proxy/wire.hpp"
@@ -55,6 +56,21 @@ inline void check_chunk_info(const wire::ChunkInfo& info) {
   pricing::Picos cost = pricing::PricingSnapshot::token_cost(dear, u.prompt_tokens, u.completion_tokens);
   FUZZ_CHECK(cost >= 0);
   check_charge(cost);
+  // The detail counts: in range, and parts of their whole unless the usage is flagged
+  // implausible (then billing does not believe it); priced with every component dearer still.
+  for (std::int64_t n : {u.cached_tokens, u.cache_write_tokens, u.reasoning_tokens})
+    FUZZ_CHECK(n >= 0 && n <= wire::Usage::max_tokens);
+  if (u.cached_tokens + u.cache_write_tokens > u.prompt_tokens || u.reasoning_tokens > u.completion_tokens)
+    FUZZ_CHECK(u.implausible);
+  pricing::ModelPrice dearer = dear;
+  dearer.cache_read_per_token = dearer.reasoning_per_token = 10'000'000'000'000;
+  dearer.cache_write_per_token = 0;
+  dearer.per_request = 1'000'000'000'000;
+  pricing::Metered m{u.prompt_tokens, u.cached_tokens, u.cache_write_tokens, u.completion_tokens, u.reasoning_tokens, 1};
+  pricing::Picos full = pricing::PricingSnapshot::cost(dearer, m);
+  FUZZ_CHECK(full >= 0 && full <= pricing::max_request_picos);
+  check_charge(full);
+  if (!u.implausible) FUZZ_CHECK(full <= pricing::PricingSnapshot::worst_case_cost(dearer, u.prompt_tokens, u.completion_tokens));
 }
 
 }  // namespace tollgate::fuzz

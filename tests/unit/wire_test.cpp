@@ -286,3 +286,49 @@ TEST_CASE("hostile usage: a negative, oversized or non-numeric cost is not belie
   CHECK_FALSE(cost_of("null"));
   CHECK_FALSE(cost_of("1e400"));
 }
+
+TEST_CASE("usage details: cached, cache-write and reasoning tokens (OpenRouter's usage object)") {
+  auto usage_of = [](std::string_view json) { return inspect_json(json).value().usage.value(); };
+  // OpenRouter's documented example, with reasoning: parts of prompt and completion tokens.
+  auto u = usage_of(R"({"usage":{"completion_tokens":30,"completion_tokens_details":{"reasoning_tokens":20},)"
+                    R"("cost":0.95,"cost_details":{"upstream_inference_cost":19},"prompt_tokens":194,)"
+                    R"("prompt_tokens_details":{"cached_tokens":50,"cache_write_tokens":100,"audio_tokens":0},"total_tokens":224}})");
+  CHECK_FALSE(u.implausible);
+  CHECK(u.prompt_tokens == 194);
+  CHECK(u.cached_tokens == 50);
+  CHECK(u.cache_write_tokens == 100);
+  CHECK(u.completion_tokens == 30);
+  CHECK(u.reasoning_tokens == 20);
+  // In a stream's usage chunk too; absent, null details and null counts are 0.
+  auto chunk = inspect_json(R"({"id":"gen-1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,)"
+                            R"("prompt_tokens_details":null,"completion_tokens_details":{"reasoning_tokens":null}}})");
+  REQUIRE((chunk && chunk->usage && chunk->usage_only));
+  CHECK_FALSE(chunk->usage->implausible);
+  CHECK(chunk->usage->cached_tokens == 0);
+  CHECK(chunk->usage->reasoning_tokens == 0);
+  // Of a repeated details object the last counts.
+  auto dup = usage_of(R"({"usage":{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":4},)"
+                      R"("prompt_tokens_details":{"cache_write_tokens":3}}})");
+  CHECK(dup.cached_tokens == 0);
+  CHECK(dup.cache_write_tokens == 3);
+  // A fraction is rounded up, as for the other counts.
+  CHECK(usage_of(R"({"usage":{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":2.5}}})").cached_tokens == 3);
+}
+
+TEST_CASE("usage details that cannot be believed make the usage implausible") {
+  auto usage_of = [](std::string_view json) { return inspect_json(json).value().usage.value(); };
+  CHECK_FALSE(usage_of(R"({"usage":{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":6,"cache_write_tokens":4},"completion_tokens_details":{"reasoning_tokens":5}}})").implausible);
+  for (const char* bad : {
+           R"({"usage":{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":-1}}})",
+           R"({"usage":{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cache_write_tokens":"4"}}})",
+           R"({"usage":{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":1000000000000}}})",
+           R"({"usage":{"prompt_tokens":10,"completion_tokens":5,"completion_tokens_details":{"reasoning_tokens":[1]}}})",
+           // parts beyond their whole
+           R"({"usage":{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":11}}})",
+           R"({"usage":{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":6,"cache_write_tokens":5}}})",
+           R"({"usage":{"prompt_tokens":10,"completion_tokens":5,"completion_tokens_details":{"reasoning_tokens":6}}})",
+           R"({"usage":{"completion_tokens_details":{"reasoning_tokens":1}}})"}) {
+    CAPTURE(bad);
+    CHECK(usage_of(bad).implausible);
+  }
+}
