@@ -204,6 +204,18 @@ net::awaitable<Response> read_until_events(std::shared_ptr<Client::Conn> c, int 
   co_return p.release();
 }
 
+net::awaitable<std::string> read_raw(std::shared_ptr<Client::Conn> c, std::string marker) {
+  std::string out(static_cast<const char*>(c->buf.data().data()), c->buf.size());
+  c->buf.consume(c->buf.size());
+  char b[512];
+  while (out.find(marker) == std::string::npos) {
+    auto [ec, n] = co_await c->sock.async_read_some(net::buffer(b), tuple_awaitable);
+    if (ec) throw boost::system::system_error(ec, "client read");
+    out.append(b, n);
+  }
+  co_return out;
+}
+
 net::awaitable<bool> read_to_close(std::shared_ptr<Client::Conn> c) {
   char b[512];
   for (;;) {
@@ -234,6 +246,7 @@ Client::Client(Harness& h) : h_(h), c_(std::make_shared<Conn>(h.ioc)) {
 void Client::send(std::string_view raw) { net::write(c_->sock, net::buffer(raw)); }
 Client::Response Client::read() { return h_.run(read_response(c_)); }
 Client::Response Client::read_events(int n) { return h_.run(read_until_events(c_, n)); }
+std::string Client::read_until(std::string marker) { return h_.run(read_raw(c_, std::move(marker))); }
 bool Client::closed() {
   try {
     return h_.run(read_to_close(c_), 1000ms);

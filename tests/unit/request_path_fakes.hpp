@@ -147,6 +147,8 @@ class Client {
   }
   /// Reads a streamed response's head and body until it holds `n` content events.
   Response read_events(int n);
+  /// Reads raw bytes (after what read*() took) until they hold `marker`.
+  std::string read_until(std::string marker);
   /// Runs the loop until the server closed the connection (EOF or reset): false after 1 s.
   bool closed();
   void close();

@@ -85,19 +85,16 @@ TEST_CASE("400s are answered in OpenAI's envelope and the connection is kept", "
   Harness h;
   auto limited = h.add_key(true, 1000);
   auto c = h.connect();
-  struct Case {
-    std::string request, code;
-  };
-  std::vector<Case> cases{
+  std::vector<std::pair<std::string, std::string>> cases{  // request, error code
       {h.post(R"({"model":"test/model","messages":[)"), "invalid_json"},
       {h.post(Harness::chat_body(false, "test/nope")), "model_not_found"},
       {h.post(R"({"model":"test/model","input":"hi","stream":true})", "/v1/embeddings"), "invalid_value"},
       {h.post(Harness::chat_body(false, model, R"(,"max_tokens":5000)"), "/v1/chat/completions", limited),
        "max_tokens_exceeded"},
   };
-  for (const auto& k : cases) {
-    auto r = c.request(k.request);
-    CHECK(answer_of(r) == "400 " + k.code);
+  for (const auto& [request, code] : cases) {
+    auto r = c.request(request);
+    CHECK(answer_of(r) == "400 " + code);
     CHECK(error_of(r).at("type").as_string() == "invalid_request_error");
     CHECK_FALSE(says_close(r));
   }
@@ -120,21 +117,17 @@ TEST_CASE("404 and 405", "[request_path]") {
 }
 
 TEST_CASE("keep-alive decisions", "[request_path]") {
-  SECTION("the client's Connection: close") {
-    Harness h;
-    auto c = h.connect();
-    auto r = c.request(h.post(Harness::chat_body(), "/v1/chat/completions", std::nullopt, "Connection: close\r\n"));
-    CHECK(r.result_int() == 200);
-    CHECK(says_close(r));
-    CHECK(c.closed());
-  }
-  SECTION("HTTP/1.0") {
-    Harness h;
-    auto c = h.connect();
-    auto r = c.request("GET /v1/models HTTP/1.0\r\nAuthorization: Bearer " + h.key + "\r\n\r\n");
-    CHECK(r.result_int() == 200);
-    CHECK(says_close(r));
-    CHECK(c.closed());
+  SECTION("the client's Connection: close, and HTTP/1.0") {
+    for (bool http10 : {false, true}) {
+      Harness h;
+      auto c = h.connect();
+      auto r = c.request(http10 ? "GET /v1/models HTTP/1.0\r\nAuthorization: Bearer " + h.key + "\r\n\r\n"
+                                : h.post(Harness::chat_body(), "/v1/chat/completions", std::nullopt,
+                                         "Connection: close\r\n"));
+      CHECK(r.result_int() == 200);
+      CHECK(says_close(r));
+      CHECK(c.closed());
+    }
   }
   SECTION("the last request of max_requests_per_connection") {
     Harness h({.max_requests_per_connection = 2});
@@ -146,6 +139,24 @@ TEST_CASE("keep-alive decisions", "[request_path]") {
     CHECK(c.closed());
     CHECK(h.settled(2));
   }
+  SECTION("100-continue; a relayed upstream error keeps the connection, a body too large closes it") {
+    Harness h;
+    h.cfg.max_body_bytes = 1000;
+    h.upstream.script("a", {Reply::json200});
+    h.upstream.script("a", {Reply::status503});
+    auto c = h.connect();
+    auto body = Harness::chat_body();
+    auto req = h.post(body, "/v1/chat/completions", std::nullopt, "Expect: 100-continue\r\n");
+    CHECK(c.request(req.substr(0, req.size() - body.size())).result_int() == 100);
+    CHECK(c.request(body).result_int() == 200);
+    auto r = c.request(h.post(body));
+    CHECK(r.result_int() == 503);
+    CHECK_FALSE(says_close(r));
+    r = c.request(h.post(Harness::chat_body(false, model, R"(,"x":")" + std::string(2000, 'x') + "\"")));
+    CHECK(answer_of(r) == "413 request_too_large");
+    CHECK(says_close(r));
+    CHECK(c.closed());
+  }
   SECTION("pipelined requests are served in order") {
     Harness h;
     auto c = h.connect();
@@ -153,18 +164,15 @@ TEST_CASE("keep-alive decisions", "[request_path]") {
     h.upstream.script("a", {Reply::sse, 2});
     c.send("GET /v1/nope HTTP/1.1\r\nHost: t\r\n\r\n" + h.post(Harness::chat_body()) +
            h.post(Harness::chat_body(true)) + get_models(h.key));
-    auto r1 = c.read();
-    auto r2 = c.read();
-    auto r3 = c.read();  // a stream with a request waiting behind it: not taken for a client gone
-    auto r4 = c.read();
-    CHECK(r1.result_int() == 404);
-    CHECK(r2.result_int() == 200);
-    CHECK(r2.body().find(R"("content":"hello")") != std::string::npos);
-    CHECK(r3.result_int() == 200);
-    CHECK(r3.body().find("[DONE]") != std::string::npos);
-    CHECK(r4.result_int() == 200);
-    CHECK(r4.body().find(R"("object":"list")") != std::string::npos);
-    CHECK_FALSE(says_close(r4));
+    // The stream has a request waiting behind it: ClientWatch must not take that for a client gone.
+    std::vector<std::pair<unsigned, std::string>> expected{
+        {404, "unknown_url"}, {200, R"("content":"hello")"}, {200, "[DONE]"}, {200, R"("object":"list")"}};
+    for (const auto& [status, text] : expected) {
+      auto r = c.read();
+      CHECK(r.result_int() == status);
+      CHECK(r.body().find(text) != std::string::npos);
+      CHECK_FALSE(says_close(r));
+    }
     REQUIRE(h.settled(2));
     CHECK(h.usage.records[1].status == "success");
     CHECK(h.tc.queued == 0);
@@ -201,8 +209,7 @@ TEST_CASE("settle runs once per admitted request whatever the upstream did; reco
   std::string status, upstream = "a";
   std::int64_t completion = -1;
   SECTION("200 JSON") {
-    r = c.request(h.post(Harness::chat_body()));
-    CHECK(r.result_int() == 200);
+    CHECK(c.request(h.post(Harness::chat_body())).result_int() == 200);
     status = "success", completion = 5;
   }
   SECTION("200 stream") {
@@ -214,14 +221,12 @@ TEST_CASE("settle runs once per admitted request whatever the upstream did; reco
   }
   SECTION("503 relayed") {
     h.upstream.script("a", {Reply::status503});
-    r = c.request(h.post(Harness::chat_body()));
-    CHECK(r.result_int() == 503);
+    CHECK(c.request(h.post(Harness::chat_body())).result_int() == 503);
     status = "upstream_error", completion = 0;
   }
   SECTION("closed without an answer: 502") {
     h.upstream.script("a", {Reply::close});
-    r = c.request(h.post(Harness::chat_body()));
-    CHECK(r.result_int() == 502);
+    CHECK(answer_of(c.request(h.post(Harness::chat_body()))) == "502 bad_gateway");
     status = "upstream_aborted", completion = 0;
   }
   SECTION("cut mid-stream") {
@@ -233,8 +238,7 @@ TEST_CASE("settle runs once per admitted request whatever the upstream did; reco
   }
   SECTION("connect refused: 502, never recorded") {
     h.connector.refuse.insert("a");
-    r = c.request(h.post(Harness::chat_body()));
-    CHECK(answer_of(r) == "502 bad_gateway");
+    CHECK(answer_of(c.request(h.post(Harness::chat_body()))) == "502 bad_gateway");
     upstream.clear();
   }
   REQUIRE(h.settled());
@@ -260,23 +264,21 @@ TEST_CASE("settle runs once per admitted request whatever the upstream did; reco
 TEST_CASE("fallback: the second upstream serves after the first fails before answering", "[request_path]") {
   Options o{.route = {"a", "b"}};
   std::string failure;
+  std::optional<Reply> a_does;  // none: a refuses the connection
   SECTION("connect refused") { failure = "a:connect_failed"; }
-  SECTION("503") { failure = "a:status:503"; }
-  SECTION("429") { failure = "a:status:429"; }
-  SECTION("closed without an answer") { failure = "a:failed_before_head"; }
+  SECTION("503") { failure = "a:status:503"; a_does = Reply::status503; }
+  SECTION("429") { failure = "a:status:429"; a_does = Reply::status429; }
+  SECTION("closed without an answer") { failure = "a:failed_before_head"; a_does = Reply::close; }
   SECTION("no answer within the response timeout") {
     failure = "a:timed_out";
+    a_does = Reply::stall;
     o.upstream_response_timeout = 50ms;
   }
   Harness h(o);
-  if (failure == "a:connect_failed") h.connector.refuse.insert("a");
-  if (failure == "a:status:503") h.upstream.script("a", {Reply::status503});
-  if (failure == "a:status:429") h.upstream.script("a", {Reply::status429});
-  if (failure == "a:failed_before_head") h.upstream.script("a", {Reply::close});
-  if (failure == "a:timed_out") h.upstream.script("a", {Reply::stall});
+  if (a_does) h.upstream.script("a", {*a_does});
+  else h.connector.refuse.insert("a");
   auto c = h.connect();
-  auto r = c.request(h.post(Harness::chat_body()));
-  CHECK(r.result_int() == 200);
+  CHECK(c.request(h.post(Harness::chat_body())).result_int() == 200);
   REQUIRE(h.settled());
   REQUIRE(h.usage.records.size() == 1);
   CHECK(h.usage.records[0].upstream == "b");
@@ -298,6 +300,14 @@ TEST_CASE("a circuit opens after N failures and its upstream is skipped", "[requ
   CHECK(attempts_of(h.usage.records[1]) == std::vector<std::string>{"a:connect_failed"});
   CHECK(attempts_of(h.usage.records[2]) == std::vector<std::string>{"a:circuit_open"});
   for (const auto& rec : h.usage.records) CHECK(rec.upstream == "b");
+  // b fails twice too: then every circuit is open, and nothing is attempted, recorded or charged.
+  h.connector.refuse.insert("b");
+  for (int i = 0; i < 2; ++i) CHECK(answer_of(c.request(h.post(Harness::chat_body()))) == "502 bad_gateway");
+  CHECK(answer_of(c.request(h.post(Harness::chat_body()))) == "503 upstream_unavailable");
+  REQUIRE(h.settled(6));
+  CHECK(h.connector.acquires["b"] == 5);
+  CHECK(h.usage.records.size() == 3);
+  CHECK(h.admission.settles[5].charge == 0);
 }
 
 TEST_CASE("a request that reached an upstream is recorded, naming it, when no upstream served it",
@@ -352,6 +362,18 @@ TEST_CASE("circuit accounting: a client that leaves is not the upstream's failur
     CHECK(h.usage.records.at(0).status == "upstream_aborted");
     CHECK(attempts_of(h.usage.records.at(0)).empty());
   }
+  SECTION("a graceful stop's deadline cuts the stream: billed as delivered, not the upstream's failure") {
+    h.upstream.script("a", {Reply::sse_stall, 2});
+    c.send(h.post(Harness::chat_body(true)));
+    c.read_events(2);
+    h.app->stopping = true;
+    cut_upstreams(h.tc);
+    c.read_until("server_shutting_down");  // the closing error event
+    REQUIRE(h.settled());
+    CHECK(h.usage.records.at(0).status == "upstream_aborted");
+    CHECK(h.usage.records.at(0).completion_tokens == 2);
+    CHECK(h.circuits.get("a")->state() == routing::CircuitState::closed);
+  }
   CHECK(h.upstream.requests("b") == 0);
 }
 
@@ -405,3 +427,4 @@ TEST_CASE("an HTTP/1.0 client gets a stream without chunked framing", "[request_
   CHECK(r.body().find("[DONE]") != std::string::npos);
   CHECK(r.body().find("\r\n") == std::string::npos);
 }
+
