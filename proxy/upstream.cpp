@@ -91,10 +91,9 @@ void UpstreamPool::release(std::unique_ptr<UpstreamConnection> c) {
 }
 
 UpstreamPool& UpstreamPools::pool(const routing::Upstream& u) {
-  std::string origin = (u.url.tls ? "https://" : "http://") + u.url.host + ":" + u.url.port;
-  auto it = pools_.find(origin);
+  auto it = pools_.find(u.origin());
   if (it == pools_.end())
-    it = pools_.emplace(std::move(origin), std::make_unique<UpstreamPool>(ex_, tls_, u.url, u.max_connections)).first;
+    it = pools_.emplace(u.origin(), std::make_unique<UpstreamPool>(ex_, tls_, u.url, u.max_connections)).first;
   return *it->second;
 }
 

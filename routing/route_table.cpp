@@ -22,6 +22,7 @@ void RouteTable::finish(Upstream& u) {
   if (u.api_key) f += "Authorization: Bearer " + u.api_key->reveal() + "\r\n";
   for (const auto& [name, value] : u.extra_headers) f += name + ": " + value + "\r\n";
   f += "Content-Type: application/json\r\nUser-Agent: tollgate/0.1\r\n";
+  u.origin_ = (u.url.tls ? "https://" : "http://") + u.url.host + ":" + u.url.port;
 }
 
 const Upstream* RouteTable::upstream(std::string_view name) const {

@@ -48,10 +48,13 @@ struct Upstream {
   const std::string& wire_fields() const { return wire_fields_; }
   /// "name (url, key ref)": safe to log.
   std::string describe() const;
+  /// "scheme://host:port": the connection pool this upstream's requests share.
+  const std::string& origin() const { return origin_; }
 
  private:
   friend class RouteTable;
   std::string wire_fields_;
+  std::string origin_;
 };
 
 std::ostream& operator<<(std::ostream& o, const Upstream& u);
