@@ -77,6 +77,10 @@ struct Usage {
   std::int64_t cached_tokens = 0;       ///< prompt tokens read from the cache, in [0, max_tokens]
   std::int64_t cache_write_tokens = 0;  ///< prompt tokens written to the cache, in [0, max_tokens]
   std::int64_t reasoning_tokens = 0;    ///< completion tokens spent reasoning, in [0, max_tokens]
+  /// Completion tokens that are image output (`completion_tokens_details.image_tokens`, chat
+  /// with modalities ["image","text"]; the Images API's output_tokens), in [0, max_tokens].
+  std::int64_t image_tokens = 0;
+  std::int64_t images = 0;  ///< images generated (the Images API's `data` entries), in [0, 1000]
   std::optional<std::string> cost_usd;  ///< the number's JSON text, exact (parse_decimal it)
   /// A token count that is not a number, negative or ≥ max_tokens, or a `cost` that is not
   /// believed: billing then treats the usage as missing (record.cpp, status usage_missing).
