@@ -34,12 +34,17 @@ std::int64_t max_tokens_limit(const keys::KeyRecord& k) {
   return b > 0 ? std::min(a, b) : a;
 }
 
+/// The most output tokens one generated image is metered (Images API): above the largest OpenAI
+/// lists for gpt-image-1 (6,240 at high quality, 1024×1536).
+constexpr std::int64_t image_output_tokens_max = 8192;
+
 }  // namespace
 
 /// The worst case — every body byte a prompt token (an upper bound for text) at the dearest of the
 /// prompt, cache-read and cache-write prices, plus max_tokens (or the cap tollgate sends) of
 /// completion at the dearer of completion and reasoning, plus the request fee — priced with the
-/// model's pricing rule.
+/// model's pricing rule. An Images API request's completion is its `n` images'
+/// image_output_tokens_max output tokens each, plus n per-image prices.
 awaitable<Step> admit(Pipe& p, RequestCtx& ctx) {
   App& app = p.app;
   std::int64_t per_request = max_tokens_limit(*ctx.key);
@@ -52,6 +57,12 @@ awaitable<Step> admit(Pipe& p, RequestCtx& ctx) {
   std::int64_t prompt_max = static_cast<std::int64_t>(ctx.body.size()) / app.cfg.prompt_bytes_per_token + 1;
   std::int64_t completion_max =
       ctx.endpoint == wire::Endpoint::embeddings ? 0 : ctx.req.max_tokens.value_or(ctx.default_cap);
+  [[maybe_unused]] std::int64_t images_max = 0;  // priced once worst_case_cost takes images
+  if (ctx.endpoint == wire::Endpoint::images_generations) {
+    // n images, each at most image_output_tokens_max output tokens and one per-image price.
+    images_max = ctx.req.n;
+    completion_max = ctx.req.n * image_output_tokens_max;
+  }
   pricing::Micros worst =
       ctx.pricing->charge(ctx.req.model,
                           pricing::PricingSnapshot::worst_case_cost(*ctx.price, prompt_max, completion_max))

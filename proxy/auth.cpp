@@ -1,4 +1,4 @@
-// Phase 2: authenticate. The API key from `Authorization: Bearer`, checked against the key
+// Phase 2: authenticate. The API key from `Authorization: Bearer` (or `x-api-key`), checked against the key
 // cache, then the key filter, then the key source (Postgres), with stale-if-error.
 #include "keys/api_key.hpp"
 #include "proxy/phase.hpp"
@@ -69,8 +69,15 @@ awaitable<Step> authenticate(Pipe& p, RequestCtx& ctx) {
     ++app.metrics.auth_failures;
     return fail(ctx, 401, msg, "invalid_request_error", "invalid_api_key");
   };
-  auto token = keys::bearer_token(p.parser.header()[http::field::authorization]);
-  if (!token) co_return deny("You didn't provide an API key. Send it as 'Authorization: Bearer tg_…'.");
+  // Authorization: Bearer (OpenAI's SDKs), else x-api-key (Anthropic's SDKs and Claude Code).
+  const auto& h = p.parser.header();
+  std::optional<std::string_view> token;
+  if (auto authorization = h[http::field::authorization]; !authorization.empty())
+    token = keys::bearer_token(authorization);
+  else if (auto x_api_key = h["x-api-key"]; !x_api_key.empty())
+    token = std::string_view(x_api_key.data(), x_api_key.size());
+  if (!token)
+    co_return deny("You didn't provide an API key. Send it as 'Authorization: Bearer tg_…' or 'x-api-key: tg_…'.");
   if (!keys::is_well_formed(*token)) co_return deny("Incorrect API key provided.");
   std::string hash = keys::hash_key(*token);
   auto now = keys::KeyCache::Clock::now();

@@ -9,6 +9,7 @@
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/http/field.hpp>
 #include <boost/json.hpp>
+#include <boost/url/pct_string_view.hpp>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -28,14 +29,21 @@ Step fail(const RequestCtx& ctx, int status, std::string_view message, std::stri
 std::span<const EndpointRoute> endpoint_routes() {
   using enum AuthPolicy;
   using wire::Endpoint;
-  static const std::array<EndpointRoute, 4> rows{{
+  static const std::array<EndpointRoute, 8> rows{{
       {http::verb::post, "/v1/chat/completions", api_key, proxy_generation, &openai_dialect(),
        Endpoint::chat_completions, "/chat/completions"},
       {http::verb::post, "/v1/completions", api_key, proxy_generation, &openai_dialect(), Endpoint::completions,
        "/completions"},
       {http::verb::post, "/v1/embeddings", api_key, proxy_generation, &openai_dialect(), Endpoint::embeddings,
        "/embeddings"},
-      {http::verb::get, "/v1/models", api_key, list_models, &openai_dialect()},
+      {http::verb::post, "/v1/responses", api_key, proxy_generation, &responses_dialect(), Endpoint::responses,
+       "/responses"},
+      {http::verb::post, "/v1/messages", api_key, proxy_generation, &messages_dialect(), Endpoint::messages,
+       "/messages"},
+      {http::verb::post, "/v1/images/generations", api_key, proxy_generation, &openai_dialect(),
+       Endpoint::images_generations, "/images/generations"},
+      {http::verb::get, "/v1/models", api_key, list_models, &openai_dialect(), {}, {}},
+      {http::verb::get, "/v1/models/", api_key, retrieve_model, &openai_dialect(), {}, {}},
   }};
   return rows;
 }
@@ -45,7 +53,9 @@ Step route_request(RequestCtx& ctx, http::verb method, std::string_view method_n
   if (target.size() > 1 && target.back() == '/') target.remove_suffix(1);
   const EndpointRoute* same_path = nullptr;
   for (const auto& row : endpoint_routes()) {
-    if (row.path != target) continue;
+    // A path ending in '/' is a prefix: what follows it is the row's parameter (a model id).
+    const bool prefix = row.path.back() == '/';
+    if (prefix ? !(target.size() > row.path.size() && target.starts_with(row.path)) : row.path != target) continue;
     if (row.method != method) {
       same_path = &row;
       continue;
@@ -54,6 +64,14 @@ Step route_request(RequestCtx& ctx, http::verb method, std::string_view method_n
     ctx.dialect = row.dialect;
     ctx.endpoint = row.endpoint;
     ctx.upstream_path = row.upstream_path;
+    if (prefix) {
+      // Percent-decoded: client.models.retrieve("openai/gpt-4o") sends openai%2Fgpt-4o or not.
+      auto decoded = boost::urls::make_pct_string_view(target.substr(row.path.size()));
+      if (!decoded)
+        return fail(ctx, 400, "The URL's path is not validly percent-encoded.", "invalid_request_error",
+                    "invalid_url");
+      ctx.path_param = decoded->decode();
+    }
     return Step::next();
   }
   if (same_path) {
@@ -68,6 +86,12 @@ Step route_request(RequestCtx& ctx, http::verb method, std::string_view method_n
 awaitable<Step> read_body(Pipe& p, RequestCtx& ctx) {
   const auto& h = p.parser.header();
   ctx.client_accept = std::string(h[http::field::accept]);
+  for (std::string_view name : ctx.dialect->passthrough_headers()) {
+    // One line per header; Beast's parser has refused CR, LF and NUL in values.
+    auto [from, to] = h.equal_range(beast::string_view(name.data(), name.size()));
+    for (auto f = from; f != to; ++f)
+      fmt::format_to(std::back_inserter(ctx.passthrough), "{}: {}\r\n", name, std::string_view(f->value()));
+  }
   if (beast::iequals(h[http::field::expect], "100-continue")) {
     static constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
     auto [ec, n] = co_await net::async_write(p.client, net::buffer(cont), tuple_awaitable);
@@ -98,6 +122,7 @@ awaitable<Step> parse_request(Pipe& p, RequestCtx& ctx) {
   auto parsed = ctx.dialect->parse_request(ctx.body, ctx.endpoint, err);
   if (!parsed) co_return fail(ctx, err.status, err.message, "invalid_request_error", err.code);
   ctx.req = std::move(*parsed);
+  ctx.cost_from_upstream = p.app.cfg.cost_from_upstream;
   ctx.price = ctx.pricing->price(ctx.req.model);
   if (!ctx.price)
     co_return fail(ctx, 400, fmt::format("The model '{}' is not available on this gateway.", ctx.req.model),
@@ -136,22 +161,6 @@ awaitable<Step> proxy_generation(Pipe& p, RequestCtx& ctx) {
   }
   record_and_settle(p, ctx);
   co_return s;
-}
-
-awaitable<Step> list_models(Pipe& p, RequestCtx& ctx) {
-  std::vector<std::string> ids;
-  for (const auto& [id, price] : ctx.pricing->prices()) ids.push_back(id);
-  std::sort(ids.begin(), ids.end());
-  std::string body = R"({"object":"list","data":[)";
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    auto slash = ids[i].find('/');
-    fmt::format_to(std::back_inserter(body), R"({}{{"id":{},"object":"model","created":0,"owned_by":{}}})",
-                   i ? "," : "", boost::json::serialize(boost::json::string(ids[i])),
-                   boost::json::serialize(
-                       boost::json::string(slash == std::string::npos ? "tollgate" : ids[i].substr(0, slash))));
-  }
-  body += "]}";
-  co_return Step::answer(LocalReply{200, std::move(body)});
 }
 
 }  // namespace tollgate

@@ -20,7 +20,9 @@ enum class AuthPolicy {
 
 struct EndpointRoute {
   boost::beast::http::verb method;
-  std::string_view path;           ///< exact, without query or trailing slash, e.g. "/v1/chat/completions"
+  /// Without query or trailing slash, e.g. "/v1/chat/completions"; one ending in '/' matches
+  /// any longer path beginning with it, the rest being ctx.path_param ("/v1/models/{id}").
+  std::string_view path;
   AuthPolicy auth;
   Phase handler;                   ///< runs after authentication; answers or relays
   const Dialect* dialect;          ///< the API the caller speaks (request parsing, errors)
@@ -40,7 +42,10 @@ Step route_request(RequestCtx& ctx, boost::beast::http::verb method, std::string
 /// The handler of the proxied generation endpoints: read the body, parse, admit, forward, then
 /// record and settle.
 net::awaitable<Step> proxy_generation(Pipe& p, RequestCtx& ctx);
-/// GET /v1/models: the models that have a price (OpenAI's list shape).
+/// GET /v1/models: the models that have a price and a route (OpenAI's list shape, with
+/// OpenRouter's name, context_length and pricing: proxy/models.cpp).
 net::awaitable<Step> list_models(Pipe& p, RequestCtx& ctx);
+/// GET /v1/models/{id}: one entry of the list, or a 404.
+net::awaitable<Step> retrieve_model(Pipe& p, RequestCtx& ctx);
 
 }  // namespace tollgate

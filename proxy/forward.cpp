@@ -66,7 +66,11 @@ awaitable<Attempt> exchange(Stream& up, beast::flat_buffer& upbuf, Pipe& p, Requ
   std::string head;
   head.reserve(128 + u.wire_fields().size());
   http_head::request_line(head, "POST", u.url.base_path, ctx.upstream_path);
-  head += u.wire_fields();  // Host, Authorization, extra headers, Content-Type, User-Agent
+  head += u.wire_fields();  // Host, Authorization (or x-api-key), extra headers, Content-Type, User-Agent
+  head += ctx.passthrough;  // the client's anthropic-version / anthropic-beta
+  // Anthropic itself refuses a request without anthropic-version.
+  if (u.auth_style == routing::AuthStyle::x_api_key && ctx.passthrough.find("anthropic-version:") == std::string::npos)
+    http_head::field(head, "anthropic-version", "2023-06-01");
   http_head::field(head, "Accept", ctx.client_accept.empty() ? "application/json" : ctx.client_accept);
   http_head::finish(head, body.size(), true);
 
@@ -113,7 +117,7 @@ awaitable<Attempt> exchange(Stream& up, beast::flat_buffer& upbuf, Pipe& p, Requ
   auto& res = sp.get();
   int client_status = out.status;
   if (!error_status) {
-    ctx.dialect->read_response(res.body(), out);
+    ctx.dialect->read_response(res.body(), ctx);
   } else {
     // The upstream's status (a 1xx or 3xx means nothing to the client: 502), its Retry-After,
     // and its error in the dialect's envelope without the upstream's key or cost.

@@ -78,6 +78,10 @@ Bill bill(const Outcome& out, std::size_t body_bytes, pricing::Micros hold, cons
   return b;
 }
 
+pricing::Micros quote(const RequestCtx& ctx) {
+  return bill(ctx.out, ctx.body.size(), ctx.hold, *ctx.pricing, ctx.req.model, ctx.cost_from_upstream).charge;
+}
+
 namespace {
 /// response_metadata's "attempts": the attempts that did not serve the request, in order.
 std::string attempts_json(const std::vector<FailedAttempt>& failed) {

@@ -41,6 +41,11 @@ struct Bill {
 Bill bill(const Outcome& out, std::size_t body_bytes, pricing::Micros hold, const pricing::PricingSnapshot& prices,
           const std::string& model, bool cost_from_upstream);
 
+/// What the request is charged if what ctx.out says now is all there is (credit units): bill()
+/// of it. The dialects write it into the usage the client gets (`usage.cost`, USD) as the usage
+/// passes, so it equals the usage record's charge whenever that usage is billed.
+pricing::Micros quote(const RequestCtx& ctx);
+
 /// Records a request that reached the upstream (nullopt, nothing recorded, otherwise), whatever
 /// happened after: client abort, upstream error mid-stream. Usage comes from the upstream's
 /// `usage`, else from the chunks delivered to the client (one token each, the prompt at ~4 bytes

@@ -104,21 +104,21 @@ awaitable<bool> send_batch(beast::tcp_stream& client, std::string_view head, con
 /// Why a stream ended before the upstream finished it.
 enum class StreamCut { none, lost, idle, event_too_large, shutdown };
 
-/// The error event's data for a cut stream (OpenAI's envelope, as OpenRouter's mid-stream
-/// errors are relayed).
-std::string cut_error_body(const Dialect& d, StreamCut cut) {
+/// The error event that ends a cut stream, in the request's dialect (OpenAI's envelope, as
+/// OpenRouter's mid-stream errors are relayed; the Responses and Messages APIs' error events).
+std::string cut_error_event(const Dialect& d, StreamCut cut) {
   switch (cut) {
     case StreamCut::idle:
-      return d.error_body(502, "The upstream sent nothing for too long; the stream was cut.", "upstream_error",
+      return d.stream_error_event(502, "The upstream sent nothing for too long; the stream was cut.", "upstream_error",
                               "upstream_timeout");
     case StreamCut::event_too_large:
-      return d.error_body(502, "The upstream sent an event larger than this gateway accepts; the stream was cut.",
+      return d.stream_error_event(502, "The upstream sent an event larger than this gateway accepts; the stream was cut.",
                               "upstream_error", "upstream_event_too_large");
     case StreamCut::shutdown:
-      return d.error_body(503, "The gateway is restarting; the stream was cut. What was delivered is billed.",
+      return d.stream_error_event(503, "The gateway is restarting; the stream was cut. What was delivered is billed.",
                               "service_unavailable", "server_shutting_down");
     default:
-      return d.error_body(502, "The upstream connection was lost mid-stream.", "upstream_error",
+      return d.stream_error_event(502, "The upstream connection was lost mid-stream.", "upstream_error",
                               "upstream_disconnected");
   }
 }
@@ -150,6 +150,7 @@ awaitable<void> relay_stream(Stream& up, beast::flat_buffer& upbuf, http::respon
   out.client_started = true;
   bool head_sent = false;
   SseBatch batch;
+  StreamState stream_state;
   if (upbuf.size() == 0) {
     if (!co_await send_batch(client, head_bytes, batch, out, chunked)) co_return;
     head_sent = true;
@@ -186,7 +187,7 @@ awaitable<void> relay_stream(Stream& up, beast::flat_buffer& upbuf, http::respon
     if (ctx.admission) ctx.admission->keep_alive();  // a live stream's hold does not expire
     batch.clear();
     splitter.feed(std::string_view(buf, got),
-                  [&](std::string_view ev) { ctx.dialect->relay_event(ev, ctx, upstream_key, out, batch); });
+                  [&](std::string_view ev) { ctx.dialect->relay_event(ev, ctx, upstream_key, stream_state, batch); });
     if (splitter.pending().size() > cfg.upstream_max_event_bytes) {
       cut = StreamCut::event_too_large;
       spdlog::warn("{}: upstream SSE event over {} bytes: stream cut", ctx.request_id, cfg.upstream_max_event_bytes);
@@ -202,14 +203,15 @@ awaitable<void> relay_stream(Stream& up, beast::flat_buffer& upbuf, http::respon
   if (cut == StreamCut::none) {
     // An unterminated last event is ended here, so it is relayed (and billed) as a whole event.
     if (!splitter.pending().empty())
-      splitter.feed("\n\n", [&](std::string_view ev) { ctx.dialect->relay_event(ev, ctx, upstream_key, out, batch); });
+      splitter.feed("\n\n",
+                    [&](std::string_view ev) { ctx.dialect->relay_event(ev, ctx, upstream_key, stream_state, batch); });
+    ctx.dialect->end_stream(ctx, stream_state, batch);
   } else {
     // A cut stream ends with a well-formed error event; a half-received event is dropped, never
     // glued to it.
     out.upstream_aborted = true;
-    batch.bytes += "data: ";
-    batch.bytes += cut_error_body(*ctx.dialect, cut);
-    batch.bytes += "\n\n";
+    ctx.dialect->end_stream(ctx, stream_state, batch);
+    batch.bytes += cut_error_event(*ctx.dialect, cut);
   }
   if ((!batch.bytes.empty() || !head_sent) &&
       !co_await send_batch(client, head_sent ? std::string_view{} : head_bytes, batch, out, chunked))

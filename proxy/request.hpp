@@ -69,14 +69,19 @@ struct RequestCtx {
   const Dialect* dialect = nullptr;  ///< never null once routed (OpenAI's before)
   wire::Endpoint endpoint = wire::Endpoint::chat_completions;
   std::string_view upstream_path;  ///< e.g. "/chat/completions" (appended to the upstream's base path)
+  std::string path_param;          ///< what follows a prefix row's path, percent-decoded (a model id)
   // The client's connection.
   bool client_keep_alive = true;   ///< the client allows another request on this connection
   bool client_http10 = false;      ///< an HTTP/1.0 request: no chunked coding in the response
   std::string client_accept;
+  /// Request header lines passed to the upstream as they came ("name: value\r\n" each;
+  /// Dialect::passthrough_headers()).
+  std::string passthrough;
   // Phase 2: authenticate.
   keys::KeyCache::Record key;
   pricing::PricingSnapshotPtr pricing;
   const pricing::ModelPrice* price = nullptr;
+  bool cost_from_upstream = false;  ///< billing.cost_source = "upstream" (bill())
   // Phase 3: the body.
   std::string body;
   wire::ParsedRequest req;

@@ -21,6 +21,9 @@ RoutingCommands::RoutingCommands(CLI::App& cli) {
   up_add_->add_option("--response-timeout-ms", response_ms_, "Until the response headers (default 600000)");
   up_add_->add_option("--idle-timeout-ms", idle_ms_, "Between two reads of a body (default 300000)");
   up_add_->add_option("--max-connections", max_connections_, "Per event-loop thread (default 64)");
+  up_add_->add_option("--auth-style", auth_style_, "How the key is sent: bearer (Authorization: Bearer, the default) "
+                                                   "or x-api-key (Anthropic)")
+      ->check(CLI::IsMember({"bearer", "x-api-key"}));
   up_list_ = up->add_subcommand("list", "List upstreams");
   up_disable_ = up->add_subcommand("disable", "Stop routing to an upstream (its routes stay)");
   up_disable_->add_option("NAME", name_)->required();
@@ -57,6 +60,7 @@ void RoutingCommands::run(sql::PgConn& db) const {
     u.idle_timeout = std::chrono::milliseconds(idle_ms_);
     if (max_connections_ > INT32_MAX) throw std::invalid_argument("--max-connections is too large");
     u.max_connections = static_cast<std::int32_t>(max_connections_);
+    u.auth_style = routing::parse_auth_style(auth_style_).value_or(routing::AuthStyle::bearer);
     sql::add_upstream(db, u);
     fmt::print("upstream {} added\n", u.name);
   } else if (up_list_->parsed()) {

@@ -32,6 +32,7 @@ class RoutingCommands {
   std::optional<std::string> key_ref_, upstream_model_;
   std::vector<std::string> headers_;
   std::int64_t connect_ms_ = 5000, response_ms_ = 600000, idle_ms_ = 300000, max_connections_ = 64;
+  std::string auth_style_ = "bearer";
   std::int32_t priority_ = 0, weight_ = 1;
   std::int64_t route_id_ = 0;
 };

@@ -1,5 +1,7 @@
 #include "proxy/wire.hpp"
 
+#include "proxy/wire_usage.hpp"
+
 #include "pricing/money.hpp"
 
 #include <boost/json.hpp>
@@ -25,102 +27,25 @@ const boost::json::parse_options deep_json = [] {
   return o;
 }();
 
-/// simdjson reads up to SIMDJSON_PADDING bytes past the end: make sure they are ours.
-simdjson::padded_string_view padded(std::string& s) {
-  if (s.capacity() < s.size() + simdjson::SIMDJSON_PADDING) s.reserve(s.size() + simdjson::SIMDJSON_PADDING);
-  return simdjson::padded_string_view(s.data(), s.size(), s.capacity());
-}
-
-/// True if `s` is exactly a JSON number (RFC 8259 §6).
-bool is_json_number(std::string_view s) noexcept {
-  std::size_t i = 0;
-  auto digits = [&] {
-    std::size_t from = i;
-    while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
-    return i > from;
-  };
-  if (i < s.size() && s[i] == '-') ++i;
-  if (i < s.size() && s[i] == '0') ++i;
-  else if (!digits()) return false;
-  if (i < s.size() && s[i] == '.' && (++i, !digits())) return false;
-  if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
-    ++i;
-    if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
-    if (!digits()) return false;
-  }
-  return i == s.size();
-}
-
-std::string json_escape(std::string_view s) {
-  return boost::json::serialize(boost::json::string_view(s.data(), s.size()));
-}
-
-/// The text of a number value (ondemand's raw token, trailing whitespace removed), or empty
-/// when `v` is not one. Does not consume `v`.
-std::string_view number_text(od::value& v) {
-  od::json_type t;
-  if (v.type().get(t) != simdjson::SUCCESS || t != od::json_type::number) return {};
-  std::string_view raw = v.raw_json_token();
-  while (!raw.empty() && (raw.back() == ' ' || raw.back() == '\n' || raw.back() == '\r' || raw.back() == '\t'))
-    raw.remove_suffix(1);
-  return is_json_number(raw) ? raw : std::string_view{};
-}
-
-/// A usage token count as billing takes it (see Usage): clamped to [0, Usage::max_tokens],
-/// fractions and exponents rounded up; 0 when `v` is not a number. Sets `implausible` when the
-/// count is not a number, negative or ≥ Usage::max_tokens (the usage is then billed as missing).
-std::int64_t usage_tokens(od::value& v, bool& implausible) {
-  std::string_view raw = number_text(v);  // 12, 12.5, 1e3, a 30-digit integer, -1e30, -0
-  if (raw.empty() || raw.front() == '-') {
-    implausible = true;
-    return 0;
-  }
-  std::int64_t n;
-  if (v.get_int64().get(n) != simdjson::SUCCESS) {
-    auto up = pricing::parse_decimal(raw, 0);  // exact, rounds up; nullopt only beyond int64
-    n = up ? *up : Usage::max_tokens;
-  }
-  if (n >= Usage::max_tokens) implausible = true;
-  return std::min<std::int64_t>(n, Usage::max_tokens);
-}
-
-/// `usage.cost` (USD) if it is a number in [0, max_request_picos] once read as Picos.
-std::optional<std::string> usage_cost(od::value& v) {
-  std::string_view raw = number_text(v);
-  if (raw.empty() || raw.front() == '-') return std::nullopt;
-  auto picos = pricing::parse_decimal(raw, 12);
-  if (!picos || *picos > pricing::max_request_picos) return std::nullopt;
-  return std::string(raw);
-}
-
-/// Reads `prompt_tokens_details` (cached_tokens, cache_write_tokens) or
-/// `completion_tokens_details` (reasoning_tokens) into `usage`. Of a repeated object the last
-/// counts; null or not an object: no details (0); a null count is 0, any other count is read as
-/// usage_tokens() reads one (and may make the usage implausible).
-void usage_details(od::value& v, bool prompt_side, Usage& usage) {
-  if (prompt_side) usage.cached_tokens = usage.cache_write_tokens = 0;
-  else usage.reasoning_tokens = 0;
-  od::object d;
-  if (v.get_object().get(d) != simdjson::SUCCESS) return;
-  for (auto df : d) {
-    std::string_view dk;
-    if (df.unescaped_key().get(dk) != simdjson::SUCCESS) break;
-    std::int64_t* count = nullptr;
-    if (prompt_side && dk == "cached_tokens") count = &usage.cached_tokens;
-    else if (prompt_side && dk == "cache_write_tokens") count = &usage.cache_write_tokens;
-    else if (!prompt_side && dk == "reasoning_tokens") count = &usage.reasoning_tokens;
-    if (!count) continue;
-    od::value dv;
-    if (df.value().get(dv) != simdjson::SUCCESS) break;
-    bool null = false;
-    if (dv.is_null().get(null) == simdjson::SUCCESS && null) *count = 0;
-    else *count = usage_tokens(dv, usage.implausible);
-  }
-}
 
 }  // namespace
 
-std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err) {
+namespace {
+/// The field that caps the completion, per API (chat and completions have two).
+std::string_view cap_key(Endpoint ep) {
+  switch (ep) {
+    case Endpoint::responses: return "max_output_tokens";
+    case Endpoint::images_generations: return {};
+    default: return "max_tokens";
+  }
+}
+bool openai_chat_like(Endpoint ep) {
+  return ep == Endpoint::chat_completions || ep == Endpoint::completions || ep == Endpoint::embeddings;
+}
+constexpr std::int64_t max_images = 10;  ///< OpenAI Images API: n in [1, 10]
+}  // namespace
+
+std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err, Endpoint ep) {
   auto fail = [&](std::string msg, std::string code = "invalid_request_error") {
     err = RequestError{400, std::move(msg), std::move(code)};
     return std::nullopt;
@@ -137,7 +62,8 @@ std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err)
     return fail("The request body must be a JSON object.", "invalid_json");
   // Each field read here at most once: parsers disagree on which duplicate wins (the upstream
   // might bill a different model or cap than tollgate held for).
-  bool seen_model = false, seen_stream = false, seen_max_tokens = false, seen_max_completion_tokens = false;
+  bool seen_model = false, seen_stream = false, seen_max_tokens = false, seen_max_completion_tokens = false,
+       seen_n = false;
   auto repeated = [&](std::string_view key) {
     return fail(fmt::format("We could not parse the JSON body of your request: the key '{}' appears more than once "
                             "(JSON parsers disagree on which one counts).", key),
@@ -156,8 +82,8 @@ std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err)
       bool b;
       if (v.get_bool().get(b) != simdjson::SUCCESS) return fail("'stream' must be a boolean.", "invalid_value");
       out.stream = b;
-    } else if (key == "max_tokens" || key == "max_completion_tokens") {
-      bool is_max_tokens = key == "max_tokens";
+    } else if ((key == cap_key(ep) && !key.empty()) || (key == "max_completion_tokens" && openai_chat_like(ep))) {
+      bool is_max_tokens = key != "max_completion_tokens";
       if (std::exchange(is_max_tokens ? seen_max_tokens : seen_max_completion_tokens, true)) return repeated(key);
       if (v.is_null()) {
         if (is_max_tokens) out.max_tokens_null = true;
@@ -170,7 +96,12 @@ std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err)
       // over max_tokens), so tollgate holds the smaller and sends it in both (upstream_body).
       (is_max_tokens ? out.max_tokens_field : out.max_completion_tokens_field) = n;
       out.max_tokens = out.max_tokens ? std::min(*out.max_tokens, n) : n;
-    } else if (key == "stream_options") {
+    } else if (key == "n" && ep == Endpoint::images_generations) {
+      if (std::exchange(seen_n, true)) return repeated(key);
+      if (v.is_null()) continue;
+      if (v.get_int64().get(out.n) != simdjson::SUCCESS || out.n < 1 || out.n > max_images)
+        return fail(fmt::format("'n' must be an integer from 1 to {}.", max_images), "invalid_value");
+    } else if (key == "stream_options" && openai_chat_like(ep)) {
       if (std::exchange(out.has_stream_options, true)) return repeated(key);
       if (v.is_null()) continue;
       simdjson::dom::object so;
@@ -182,10 +113,15 @@ std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err)
         if (std::exchange(seen_include_usage, true)) return repeated("stream_options.include_usage");
         if (v2.get_bool().get(out.include_usage) != simdjson::SUCCESS)
           return fail("'stream_options.include_usage' must be a boolean.", "invalid_value");
+        out.usage_declined = !out.include_usage;
       }
     }
   }
   if (!seen_model) return fail("you must provide a model parameter", "missing_model");
+  // Anthropic requires the cap (its own message for a missing one).
+  if (ep == Endpoint::messages && !out.max_tokens) return fail("max_tokens: Field required", "missing_max_tokens");
+  if (ep == Endpoint::images_generations && out.stream)
+    return fail("Streaming image generation is not supported on this gateway; send 'stream': false.", "invalid_value");
   // upstream_body() edits these as a document with Boost.JSON: it must read them as well.
   if ((out.stream && out.has_stream_options && !out.include_usage) || out.max_tokens_null || out.caps_differ()) {
     boost::json::error_code ec;
@@ -197,9 +133,14 @@ std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err)
 
 std::string upstream_body(std::string_view body, Endpoint ep, const ParsedRequest& req,
                           std::int64_t default_max_tokens, std::string_view upstream_model) {
-  bool want_usage = req.stream && !req.include_usage && ep != Endpoint::embeddings;
-  bool want_cap = !req.max_tokens && ep != Endpoint::embeddings;
-  bool one_cap = req.caps_differ() && ep != Endpoint::embeddings;
+  const bool chat = ep == Endpoint::chat_completions || ep == Endpoint::completions;
+  // Usage is asked for where OpenAI makes it optional (chat and completion streams); the
+  // Responses, Messages and Images APIs always report it. The cap goes where the API has one
+  // that may be left out (Anthropic requires max_tokens; images and embeddings have none).
+  bool want_usage = req.stream && !req.include_usage && chat;
+  bool want_cap = !req.max_tokens && (chat || ep == Endpoint::responses);
+  bool one_cap = req.caps_differ() && chat;
+  const std::string cap(cap_key(ep));
   bool rename = !upstream_model.empty() && upstream_model != req.model;
   if (!want_usage && !want_cap && !one_cap && !rename) return std::string(body);
   if ((want_usage && req.has_stream_options) || (want_cap && req.max_tokens_null) || one_cap || rename) {
@@ -212,7 +153,7 @@ std::string upstream_body(std::string_view body, Endpoint ep, const ParsedReques
       if (!so.is_object()) so = boost::json::object();
       so.as_object()["include_usage"] = true;
     }
-    if (want_cap) o["max_tokens"] = default_max_tokens;
+    if (want_cap) o[cap] = default_max_tokens;
     if (one_cap) o["max_tokens"] = o["max_completion_tokens"] = *req.max_tokens;  // the cap held
     // The route's rename (parse_request refused a body with two "model" keys: this is the one).
     if (rename) o["model"] = upstream_model;
@@ -225,7 +166,7 @@ std::string upstream_body(std::string_view body, Endpoint ep, const ParsedReques
   out.reserve(body.size() + 64);
   out.append(body.substr(0, brace + 1));
   if (want_usage) out.append(R"("stream_options":{"include_usage":true},)");
-  if (want_cap) fmt::format_to(std::back_inserter(out), R"("max_tokens":{},)", default_max_tokens);
+  if (want_cap) fmt::format_to(std::back_inserter(out), R"("{}":{},)", cap, default_max_tokens);
   out.append(body.substr(brace + 1));
   return out;
 }
@@ -277,26 +218,7 @@ std::optional<ChunkInfo> inspect_json(std::string_view json) {
         continue;
       }
       Usage usage;
-      for (auto uf : u) {
-        std::string_view uk;
-        if (uf.unescaped_key().get(uk) != simdjson::SUCCESS) break;
-        od::value uv;
-        if (uf.value().get(uv) != simdjson::SUCCESS) break;
-        if (uk == "prompt_tokens" || uk == "completion_tokens") {
-          // Of repeated keys the last counts. A count that is not a number, is negative or is
-          // beyond Usage::max_tokens makes the whole usage implausible (billed as missing).
-          (uk == "prompt_tokens" ? usage.prompt_tokens : usage.completion_tokens) = usage_tokens(uv, usage.implausible);
-        } else if (uk == "cost") {
-          usage.cost_usd = usage_cost(uv);
-          if (!usage.cost_usd && !uv.is_null()) usage.implausible = true;  // negative, huge, not a number
-        } else if (uk == "prompt_tokens_details" || uk == "completion_tokens_details") {
-          usage_details(uv, uk == "prompt_tokens_details", usage);
-        }
-      }
-      // The parts priced apart are parts of their whole: more is an upstream's mistake.
-      if (usage.cached_tokens + usage.cache_write_tokens > usage.prompt_tokens ||
-          usage.reasoning_tokens > usage.completion_tokens)
-        usage.implausible = true;
+      read_usage(u, UsageNames::chat, usage);
       info.usage = usage;
     }
   }
@@ -392,9 +314,13 @@ std::string event_data(std::string_view ev) {
   return out;
 }
 
+std::string json_string(std::string_view s) {
+  return boost::json::serialize(boost::json::string_view(s.data(), s.size()));
+}
+
 std::string error_body(std::string_view message, std::string_view type, std::string_view code) {
   return fmt::format(R"({{"error":{{"message":{},"type":{},"param":null,"code":{}}}}})",
-                     json_escape(message), json_escape(type), json_escape(code));
+                     json_string(message), json_string(type), json_string(code));
 }
 
 }  // namespace tollgate::wire

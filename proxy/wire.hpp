@@ -8,15 +8,17 @@
 
 namespace tollgate::wire {
 
-/// The endpoints tollgate serves (OpenAI paths under /v1).
-enum class Endpoint { chat_completions, completions, embeddings };
+/// The endpoints tollgate proxies (paths under /v1): OpenAI's chat completions, completions,
+/// embeddings, Responses API and Images API, and Anthropic's Messages API.
+enum class Endpoint { chat_completions, completions, embeddings, responses, messages, images_generations };
 
-/// Fields of an OpenAI request body that phases 3-5 need (OpenAI chat/completions/embeddings).
+/// Fields of a request body that phases 3-5 need.
 struct ParsedRequest {
   std::string model;
   bool stream = false;
-  /// The completion cap tollgate holds and the upstream gets: the smaller of max_tokens and
-  /// max_completion_tokens when both are sent (upstream_body then sends it in both).
+  /// The completion cap tollgate holds and the upstream gets (tokens): chat and completions'
+  /// max_tokens / max_completion_tokens (the smaller when both are sent: upstream_body then
+  /// sends it in both), the Responses API's max_output_tokens, Anthropic's max_tokens.
   std::optional<std::int64_t> max_tokens;
   std::optional<std::int64_t> max_tokens_field, max_completion_tokens_field;  ///< as the client sent them
   /// Both cap fields sent, with different values: the body is rewritten to hold the cap in both.
@@ -26,6 +28,10 @@ struct ParsedRequest {
   bool max_tokens_null = false;     ///< `"max_tokens": null` was sent (upstream_body replaces it)
   bool has_stream_options = false;  ///< `stream_options` was sent (an object or null)
   bool include_usage = false;  ///< the client asked for the usage chunk (stream_options)
+  /// The client sent `stream_options.include_usage: false`: it gets no usage in a stream
+  /// (without stream_options, the usage rides on the finish_reason chunk: proxy/dialect.cpp).
+  bool usage_declined = false;
+  std::int64_t n = 1;          ///< images to generate (Images API), in [1, 10]
 };
 
 /// A request the proxy refuses: HTTP status + OpenAI error fields.
@@ -35,16 +41,20 @@ struct RequestError {
   std::string code;
 };
 
-/// Parses and validates a request body with simdjson (the whole document must be valid JSON).
-/// The fields above may appear once each: a repeated one (at the top level or in
+/// Parses and validates a request body of endpoint `ep` with simdjson (the whole document must
+/// be valid JSON). Per endpoint: the cap field(s) above; `stream_options` (chat, completions,
+/// embeddings); `n` (images; a stream is refused there); Anthropic's required max_tokens (a
+/// 400 "max_tokens: Field required" without it, as Anthropic answers). The fields read may appear once each: a repeated one (at the top level or in
 /// stream_options) is a 400 `invalid_json`, since parsers disagree on which copy counts and the
 /// upstream could serve another model or cap than tollgate billed. `body` is copied into a
 /// padded buffer only when its capacity lacks simdjson's padding. Returns the fields or a 400.
-std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err);
+std::optional<ParsedRequest> parse_request(std::string& body, RequestError& err,
+                                          Endpoint ep = Endpoint::chat_completions);
 
 /// The body to send upstream: the client's body with, where absent,
-/// `"stream_options":{"include_usage":true}` (streams) and `"max_tokens":<default_cap>`
-/// (chat/completions), so usage is always reported and the worst case is bounded; and `model`
+/// `"stream_options":{"include_usage":true}` (chat and completion streams) and the cap
+/// (`"max_tokens":<default_cap>` for chat/completions, `max_output_tokens` for the Responses
+/// API), so usage is always reported and the worst case is bounded; and `model`
 /// set to `upstream_model` when that is non-empty and differs (a route's rename, e.g.
 /// `openai/gpt-4o` → `gpt-4o` for OpenAI direct).
 std::string upstream_body(std::string_view body, Endpoint ep, const ParsedRequest& req,
@@ -164,6 +174,9 @@ class SseSplitter {
 /// The `data:` payload of an event (multi-line data joined with '\n'); empty for comments.
 std::string event_data(std::string_view event);
 
+/// `s` as a JSON string literal, quotes included.
+std::string json_string(std::string_view s);
+
 /// OpenAI error envelope: {"error":{"message":…,"type":…,"param":null,"code":…}}.
 std::string error_body(std::string_view message, std::string_view type, std::string_view code);
 
@@ -191,5 +204,10 @@ std::string upstream_error_body(int status, std::string_view body, std::string_v
 /// upstream_error), redacted and with cost members removed alike; the rest of the chunk is kept.
 /// nullopt when `data` is not a JSON object with a non-null `error`.
 std::optional<std::string> upstream_error_event(std::string_view data, std::string_view upstream_key);
+
+/// An upstream's JSON relayed as it is (a Responses or Messages API error event) without what
+/// must not leave tollgate: every member whose name mentions "cost" is removed and every
+/// occurrence of `upstream_key` becomes "[redacted]", at any depth. Not JSON: only redacted.
+std::string scrubbed(std::string_view json, std::string_view upstream_key);
 
 }  // namespace tollgate::wire

@@ -150,4 +150,12 @@ std::optional<std::string> upstream_error_event(std::string_view data, std::stri
   return json::serialize(doc);
 }
 
+std::string scrubbed(std::string_view json, std::string_view upstream_key) {
+  json::error_code ec;
+  json::value doc = json::parse(json::string_view(json.data(), json.size()), ec);
+  if (ec) return redact(json, upstream_key);
+  scrub(doc, upstream_key);
+  return json::serialize(doc);
+}
+
 }  // namespace tollgate::wire

@@ -19,7 +19,8 @@ void RouteTable::finish(Upstream& u) {
   const bool default_port = u.url.port == (u.url.tls ? "443" : "80");
   std::string& f = u.wire_fields_;
   f = "Host: " + u.url.host + (default_port ? "" : ":" + u.url.port) + "\r\n";
-  if (u.api_key) f += "Authorization: Bearer " + u.api_key->reveal() + "\r\n";
+  if (u.api_key)
+    f += (u.auth_style == AuthStyle::x_api_key ? "x-api-key: " : "Authorization: Bearer ") + u.api_key->reveal() + "\r\n";
   for (const auto& [name, value] : u.extra_headers) f += name + ": " + value + "\r\n";
   f += "Content-Type: application/json\r\nUser-Agent: tollgate/0.1\r\n";
   u.origin_ = (u.url.tls ? "https://" : "http://") + u.url.host + ":" + u.url.port;
@@ -88,6 +89,7 @@ RouteTablePtr build_route_table(const std::vector<UpstreamSpec>& upstreams, cons
     u.response_timeout = spec.response_timeout;
     u.idle_timeout = spec.idle_timeout;
     u.max_connections = static_cast<std::size_t>(spec.max_connections);
+    u.auth_style = spec.auth_style;
     u.circuit = circuits.get(u.name);
     RouteTable::finish(u);
     t->upstreams_.push_back(std::move(u));
@@ -109,6 +111,11 @@ RouteTablePtr build_route_table(const std::vector<UpstreamSpec>& upstreams, cons
   });
   if (t->routes_.empty()) spdlog::warn("no usable route: every request will be answered \"no route for model\"");
   return t;
+}
+
+bool RouteTable::serves(std::string_view model) const {
+  return std::any_of(routes_.begin(), routes_.end(),
+                     [&](const Route& r) { return pricing::glob_match(r.model_pattern, model); });
 }
 
 Candidates RouteTable::select(std::string_view model, Rng& rng, std::size_t max_candidates) const {

@@ -39,10 +39,12 @@ struct Upstream {
   std::chrono::milliseconds response_timeout{600'000};
   std::chrono::milliseconds idle_timeout{300'000};
   std::size_t max_connections = 64;        ///< per event-loop thread
+  AuthStyle auth_style = AuthStyle::bearer;  ///< how the key is sent (wire_fields)
   std::shared_ptr<CircuitBreaker> circuit; ///< never null; shared by every snapshot and thread
 
   /// The request fields that never change for this upstream, each "Name: value\r\n": Host (with
-  /// the port when not the scheme's default), Authorization: Bearer <key> when there is a key,
+  /// the port when not the scheme's default), Authorization: Bearer <key> (or x-api-key: <key>,
+  /// as auth_style says) when there is a key,
   /// the extra headers, Content-Type: application/json and User-Agent. HOLDS THE KEY: write it
   /// to the upstream socket only, never to a log or an error.
   const std::string& wire_fields() const { return wire_fields_; }
@@ -118,6 +120,9 @@ class RouteTable {
   /// candidate's `upstream->circuit` before attempting it and skips a refusal, so pass a
   /// max_candidates above max_attempts to leave room for skipped ones.
   Candidates select(std::string_view model, Rng& rng, std::size_t max_candidates) const;
+
+  /// Whether any route matches `model` (select() would not be empty).
+  bool serves(std::string_view model) const;
 
   const std::deque<Upstream>& upstreams() const { return upstreams_; }
   /// Active routes to usable upstreams, highest priority first, then by id.

@@ -12,6 +12,14 @@
 
 namespace tollgate::routing {
 
+std::string_view to_string(AuthStyle s) noexcept { return s == AuthStyle::x_api_key ? "x-api-key" : "bearer"; }
+
+std::optional<AuthStyle> parse_auth_style(std::string_view s) noexcept {
+  if (s == "bearer") return AuthStyle::bearer;
+  if (s == "x-api-key") return AuthStyle::x_api_key;
+  return std::nullopt;
+}
+
 namespace {
 bool is_tchar(unsigned char c) {
   return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
@@ -25,9 +33,9 @@ std::string lower(std::string_view s) {
 }
 
 /// The fields tollgate writes itself on every upstream request, or that frame it.
-constexpr std::array<std::string_view, 13> reserved_headers = {
+constexpr std::array<std::string_view, 14> reserved_headers = {
     "host", "authorization", "content-length", "transfer-encoding", "connection", "keep-alive", "te",
-    "trailer", "upgrade", "expect", "content-type", "user-agent", "proxy-authorization"};
+    "trailer", "upgrade", "expect", "content-type", "user-agent", "proxy-authorization", "x-api-key"};
 }  // namespace
 
 void check_extra_header(const HeaderField& h) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -13,6 +14,16 @@ namespace tollgate::routing {
 
 /// One header added to every request to an upstream, e.g. {"HTTP-Referer", "https://…"}.
 using HeaderField = std::pair<std::string, std::string>;
+
+/// How an upstream takes its API key (upstreams.auth_style).
+enum class AuthStyle {
+  bearer,     ///< `Authorization: Bearer <key>` (OpenAI, OpenRouter)
+  x_api_key,  ///< `x-api-key: <key>`, with `anthropic-version: 2023-06-01` unless the client sent one (Anthropic)
+};
+/// "bearer" | "x-api-key" (the column's values).
+std::string_view to_string(AuthStyle s) noexcept;
+/// The style a column value names; nullopt for any other text.
+std::optional<AuthStyle> parse_auth_style(std::string_view s) noexcept;
 
 /// One row of `upstreams`.
 struct UpstreamSpec {
@@ -24,6 +35,7 @@ struct UpstreamSpec {
   std::chrono::milliseconds response_timeout{600'000};  ///< until the response headers
   std::chrono::milliseconds idle_timeout{300'000};      ///< between two reads of a body
   std::int32_t max_connections = 64;       ///< per event-loop thread
+  AuthStyle auth_style = AuthStyle::bearer;
   bool is_active = true;
 };
 

@@ -9,7 +9,7 @@ namespace tollgate::sql {
 namespace {
 constexpr const char* upstream_columns =
     "SELECT name, base_url, api_key_ref, extra_headers::text, connect_timeout_ms, response_timeout_ms,"
-    " idle_timeout_ms, max_connections, is_active FROM upstreams ORDER BY name";
+    " idle_timeout_ms, max_connections, is_active, auth_style FROM upstreams ORDER BY name";
 constexpr const char* route_columns =
     "SELECT id, model_pattern, upstream, upstream_model, priority, weight, is_active FROM model_routes"
     " ORDER BY priority DESC, id";
@@ -40,6 +40,8 @@ std::vector<routing::UpstreamSpec> read_upstreams(PgConn& db) {
     u.idle_timeout = std::chrono::milliseconds(r.i64(i, 6));
     u.max_connections = static_cast<std::int32_t>(r.i64(i, 7));
     u.is_active = r.boolean(i, 8);
+    // The column's CHECK admits only these; anything else reads as the default.
+    u.auth_style = routing::parse_auth_style(r.str(i, 9)).value_or(routing::AuthStyle::bearer);
     out.push_back(std::move(u));
   }
   return out;
@@ -90,11 +92,12 @@ void add_upstream(PgConn& db, const routing::UpstreamSpec& u) {
   std::string headers_json = boost::json::serialize(headers);
   try {
     db.exec("INSERT INTO upstreams (name, base_url, api_key_ref, extra_headers, connect_timeout_ms,"
-            " response_timeout_ms, idle_timeout_ms, max_connections, is_active)"
-            " VALUES ($1, $2, $3, $4::jsonb, $5::int, $6::int, $7::int, $8::int, $9::boolean)",
+            " response_timeout_ms, idle_timeout_ms, max_connections, is_active, auth_style)"
+            " VALUES ($1, $2, $3, $4::jsonb, $5::int, $6::int, $7::int, $8::int, $9::boolean, $10)",
             {u.name, u.base_url, u.api_key_ref ? std::optional<std::string_view>(*u.api_key_ref) : std::nullopt,
              headers_json, std::to_string(u.connect_timeout.count()), std::to_string(u.response_timeout.count()),
-             std::to_string(u.idle_timeout.count()), std::to_string(u.max_connections), u.is_active ? "true" : "false"});
+             std::to_string(u.idle_timeout.count()), std::to_string(u.max_connections), u.is_active ? "true" : "false",
+             routing::to_string(u.auth_style)});
   } catch (const PgError& e) {
     rethrow_as_input_error(e, "upstream " + u.name);
   }

@@ -157,7 +157,7 @@ test('1. non-streaming chat completion: stub content, usage row with exact charg
 // ---------------------------------------------------------------------------------------------
 // 2
 
-test('2a. streaming without stream_options: content chunk by chunk, no usage chunk, usage recorded', async () => {
+test('2a. streaming without stream_options: content chunk by chunk, usage on the finish_reason chunk (no choices:[] chunk), usage recorded', async () => {
   const messages = [{ role: 'user', content: 'Stream to me, please.' }];
   const chunksWanted = 6;
   const interval = 40;
@@ -178,18 +178,25 @@ test('2a. streaming without stream_options: content chunk by chunk, no usage chu
   const spread = contentTimes.at(-1) - contentTimes[0];
   assert.ok(spread >= (chunksWanted - 1) * interval * 0.6, `content arrived within ${spread.toFixed(0)} ms: buffered?`);
 
+  // Without stream_options the usage rides on the finish_reason chunk (OpenRouter's convention,
+  // issue 13), with the customer's charge as its cost; no choices:[] chunk breaks choices[0].
   const usageChunks = s.chunks.filter((c) => c.usage != null);
-  assert.equal(usageChunks.length, 0, `client did not ask for usage but got ${JSON.stringify(usageChunks)}`);
+  assert.equal(usageChunks.length, 1, `expected the usage on one chunk, got ${JSON.stringify(usageChunks)}`);
+  assert.ok(usageChunks[0].choices?.[0]?.finish_reason, 'the usage is not on the finish_reason chunk');
   assert.equal(s.chunks.filter((c) => c.choices?.length === 0).length, 0, 'a choices:[] chunk leaked through');
 
   const row = await h.usageRow(s.requestId);
   assert.equal(row.status, 'success');
   assert.equal(row.prompt_tokens, stubPromptTokens(messages));
   assert.equal(row.completion_tokens, chunksWanted);
+  assert.equal(usageChunks[0].usage.prompt_tokens, row.prompt_tokens);
+  assert.equal(usageChunks[0].usage.completion_tokens, row.completion_tokens);
   assert.equal(row.request_metadata.stream, true);
   const ref = await h.price(h.model, row.prompt_tokens, row.completion_tokens);
   assert.deepEqual(ref, expectedCharge(row.prompt_tokens, row.completion_tokens));
   assert.equal(toMicros(row.credits_deducted), ref.charge);
+  assert.equal(BigInt(Math.round(usageChunks[0].usage.cost * 1e6)), ref.charge, 'usage.cost is not the charge');
+  assert.equal(usageChunks[0].usage.cost_details, undefined);
 });
 
 test('2b. streaming with stream_options.include_usage: exactly one usage chunk, matching the usage row', async () => {
