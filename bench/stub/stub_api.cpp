@@ -56,6 +56,7 @@ constexpr std::int64_t kMaxDelayMs = 600'000;
 constexpr std::int64_t kMaxTokens = 1'000'000'000;  ///< cap for token counts set by stub_* fields
 constexpr std::int64_t kMaxImages = 10;             ///< images: largest `n` (OpenAI's limit)
 constexpr std::int64_t kImageTokens = 1056;          ///< images: default output tokens per image
+constexpr std::int64_t kChatImageTokens = 1290;      ///< chat with modalities ["image"]: one image's tokens
 
 inline void put(Buffer& out, std::string_view s) { out.append(s.data(), s.data() + s.size()); }
 
@@ -144,7 +145,11 @@ void append_envelope(Buffer& out, const Plan& p, std::string_view object) {
 /// Prompt tokens in OpenAI's sense (cached and cache-written tokens included).
 inline std::uint64_t input_total(const Plan& p) { return p.prompt_tokens + p.cached_tokens + p.cache_write_tokens; }
 /// Output tokens in OpenAI's and Anthropic's sense (reasoning included).
-inline std::uint64_t output_total(const Plan& p) { return p.completion_tokens + p.reasoning_tokens; }
+/// Output tokens: visible chunks, reasoning, and (chat) image output; the Images API's image
+/// tokens are its completion_tokens already.
+inline std::uint64_t output_total(const Plan& p) {
+    return p.completion_tokens + p.reasoning_tokens + (p.endpoint == Endpoint::chat ? p.image_tokens : 0);
+}
 
 void append_usage(Buffer& out, const Plan& p) {
     const std::uint64_t in = input_total(p), gen = output_total(p);
@@ -153,8 +158,10 @@ void append_usage(Buffer& out, const Plan& p) {
                    "\"prompt_tokens_details\":{{\"cached_tokens\":{}",
                    in, gen, in + gen, p.cached_tokens);
     if (p.cache_write_tokens) fmt::format_to(fmt::appender(out), ",\"cache_write_tokens\":{}", p.cache_write_tokens);
-    fmt::format_to(fmt::appender(out), "}},\"completion_tokens_details\":{{\"reasoning_tokens\":{}}},\"cost\":",
-                   p.reasoning_tokens);
+    fmt::format_to(fmt::appender(out), "}},\"completion_tokens_details\":{{\"reasoning_tokens\":{}", p.reasoning_tokens);
+    if (p.image_tokens && p.endpoint == Endpoint::chat)
+        fmt::format_to(fmt::appender(out), ",\"image_tokens\":{}", p.image_tokens);
+    put(out, "},\"cost\":");
     append_decimal_pico(out, p.cost_pico);
     put(out, ",\"cost_details\":{\"upstream_inference_cost\":null}}");
 }
@@ -425,6 +432,20 @@ std::string RequestDecoder::decode(Endpoint endpoint, std::string& body, const D
             p.completion_tokens = static_cast<std::uint64_t>(cap - reasoning);
             p.truncated = true;
         }
+        if (endpoint == Endpoint::chat) {
+            // OpenRouter's image output in chat (`modalities` with "image"): one image of
+            // kChatImageTokens tokens unless stub_image_tokens says otherwise; reported in
+            // completion_tokens_details.image_tokens, a part of completion_tokens.
+            std::int64_t image_tokens = 0;
+            if (dom::element mods; lookup(obj, "modalities", mods)) {
+                if (dom::array arr; mods.get_array().get(arr) == simdjson::SUCCESS)
+                    for (dom::element m : arr)
+                        if (std::string_view v; m.get_string().get(v) == simdjson::SUCCESS && v == "image")
+                            image_tokens = kChatImageTokens;
+            }
+            if (auto err = read_int(obj, "stub_image_tokens", 0, kMaxTokens, image_tokens); !err.empty()) return err;
+            p.image_tokens = static_cast<std::uint64_t>(image_tokens);
+        }
 
         if (dom::element e; endpoint == Endpoint::responses && lookup(obj, "stub_midstream_event", e)) {
             std::string_view kind;
@@ -439,6 +460,7 @@ std::string RequestDecoder::decode(Endpoint endpoint, std::string& body, const D
         p.cost_pico = p.prompt_tokens * info->prompt_pico + p.cached_tokens * info->cache_read_pico +
                       p.cache_write_tokens * info->cache_write_pico +
                       (p.completion_tokens + p.reasoning_tokens) * info->completion_pico +
+                      (endpoint == Endpoint::chat ? p.image_tokens * info->completion_pico : 0) +
                       (endpoint == Endpoint::images ? p.inputs * info->image_pico : 0);
     }
     return {};

@@ -69,7 +69,7 @@ struct Plan {
     std::int64_t max_output = -1;         ///< the request's output cap, -1 when absent
     std::uint64_t cost_pico = 0;          ///< usage.cost in 1e-12 USD
     std::uint64_t inputs = 0;             ///< embeddings: number of input strings; images: n
-    std::uint64_t image_tokens = 0;       ///< images: output tokens per image
+    std::uint64_t image_tokens = 0;       ///< images: output tokens per image; chat: image output tokens
     bool image_url = false;               ///< images: response_format "url" instead of b64_json
     bool omit_usage = false;              ///< images: `stub_no_usage` (no `usage` object)
     std::string size;                     ///< images: requested size (default "1024x1024")
