@@ -428,3 +428,62 @@ TEST_CASE("an HTTP/1.0 client gets a stream without chunked framing", "[request_
   CHECK(r.body().find("\r\n") == std::string::npos);
 }
 
+
+TEST_CASE("the Messages API: x-api-key, Anthropic's error shape, the upstream path", "[request_path]") {
+  Harness h;
+  auto c = h.connect();
+  auto anthropic_error = [](const Response& r) {
+    auto v = boost::json::parse(r.body()).as_object();
+    CHECK(v.at("type").as_string() == "error");
+    return std::to_string(r.result_int()) + " " + std::string(v.at("error").as_object().at("type").as_string());
+  };
+  const std::string body = fmt::format(R"({{"model":"{}","max_tokens":5,"messages":[{{"role":"user","content":"hi"}}]}})", model);
+  auto raw = [&](std::string_view auth_line, std::string_view b) {
+    return fmt::format("POST /v1/messages HTTP/1.1\r\nHost: t\r\n{}anthropic-version: 2023-06-01\r\n"
+                       "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                       auth_line, b.size(), b);
+  };
+  auto r = c.request(raw("", body));
+  CHECK(anthropic_error(r) == "401 authentication_error");
+  auto c2 = h.connect();  // a refused POST's connection is closed (its body unread)
+  r = c2.request(raw("x-api-key: tg_bad\r\n", body));
+  CHECK(anthropic_error(r) == "401 authentication_error");
+  auto c3 = h.connect();
+  r = c3.request(raw(fmt::format("x-api-key: {}\r\n", h.key), fmt::format(R"({{"model":"{}","messages":[]}})", model)));
+  CHECK(anthropic_error(r) == "400 invalid_request_error");
+  CHECK(r.body().find("max_tokens: Field required") != std::string::npos);
+  r = c3.request(raw(fmt::format("x-api-key: {}\r\n", h.key), body));
+  CHECK(r.result_int() == 200);
+  REQUIRE(h.upstream.received.size() == 1);
+  CHECK(h.upstream.received[0].target.ends_with("/messages"));
+  h.admission.script.push_back(FakeAdmission::insufficient(5));
+  r = c3.request(raw(fmt::format("x-api-key: {}\r\n", h.key), body));
+  CHECK(anthropic_error(r) == "402 billing_error");
+  h.admission.script.push_back(FakeAdmission::rate_limited(1500));
+  r = c3.request(raw(fmt::format("Authorization: Bearer {}\r\n", h.key), body));
+  CHECK(anthropic_error(r) == "429 rate_limit_error");
+  CHECK(r["retry-after"] == "2");
+  CHECK(h.session_errors.empty());
+}
+
+TEST_CASE("GET /v1/models/{id}: percent-encoded or not; an unknown model is a 404", "[request_path]") {
+  Harness h;
+  auto c = h.connect();
+  auto get = [&](std::string_view target) {
+    return c.request(fmt::format("GET {} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n", target, h.key));
+  };
+  for (std::string target : {std::string("/v1/models/test/model"), std::string("/v1/models/test%2Fmodel")}) {
+    auto r = get(target);
+    REQUIRE(r.result_int() == 200);
+    auto m = boost::json::parse(r.body()).as_object();
+    CHECK(m.at("id").as_string() == model);
+    CHECK(m.at("object").as_string() == "model");
+    CHECK(m.at("owned_by").as_string() == "test");
+    CHECK(m.at("pricing").as_object().at("prompt").as_string() == "0.000001");  // 1 credit unit per token
+  }
+  CHECK(answer_of(get("/v1/models/test/other")) == "404 model_not_found");
+  auto list = get("/v1/models");
+  REQUIRE(list.result_int() == 200);
+  CHECK(boost::json::parse(list.body()).at("data").as_array().size() == 1);
+  CHECK(answer_of(get("/v1/models/%zz")) == "400 bad_request");  // the request parser's check on targets
+}
