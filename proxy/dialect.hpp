@@ -35,6 +35,10 @@ struct StreamState {
   /// usage rides on it (clients that did not ask for the usage chunk); empty when none.
   std::string held_event;
   bool held_has_output = false;
+  /// Anthropic: the usage of message_start, completed by each message_delta. It becomes
+  /// ctx.out.usage only with a message_delta: a stream cut before one is billed for what was
+  /// delivered (message_start's output_tokens is a placeholder), its prompt as reported.
+  std::optional<wire::Usage> partial_usage;
 };
 
 class Dialect {

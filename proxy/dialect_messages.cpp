@@ -83,7 +83,7 @@ class MessagesDialect final : public Dialect {
     body = wire::with_charge(body, {"usage"}, quote(ctx));
   }
 
-  void relay_event(std::string_view ev, RequestCtx& ctx, std::string_view upstream_key, StreamState&,
+  void relay_event(std::string_view ev, RequestCtx& ctx, std::string_view upstream_key, StreamState& st,
                    SseBatch& batch) const override {
     Outcome& out = ctx.out;
     std::string data = wire::event_data(ev);
@@ -103,13 +103,17 @@ class MessagesDialect final : public Dialect {
     if (type == "message_start") {
       if (!out.generation_id) out.generation_id = wire::string_at(data, {"message", "id"});
       wire::Usage u;
-      if (wire::usage_at(data, {"message", "usage"}, wire::UsageNames::anthropic, u)) out.usage = u;
+      if (wire::usage_at(data, {"message", "usage"}, wire::UsageNames::anthropic, u)) {
+        st.partial_usage = u;
+        if (!u.implausible) out.prompt_reported = u.prompt_tokens;
+      }
       // The charge is known at the last message_delta; no cost of the upstream's goes out before.
       relay(wire::with_charge(data, {"message", "usage"}, std::nullopt));
     } else if (type == "message_delta") {
       if (auto stop = wire::string_at(data, {"delta", "stop_reason"})) out.finish_reason = std::move(stop);
-      wire::Usage u = out.usage.value_or(wire::Usage{});
+      wire::Usage u = st.partial_usage.value_or(wire::Usage{});
       if (wire::usage_at(data, {"usage"}, wire::UsageNames::anthropic, u)) {
+        st.partial_usage = u;
         out.usage = u;
         relay(wire::with_charge(data, {"usage"}, quote(ctx)));
       } else {

@@ -50,7 +50,9 @@ Bill bill(const Outcome& out, std::size_t body_bytes, pricing::Micros hold, cons
     // what was delivered — one token per content event, or ~4 bytes per token of a JSON body —
     // and the prompt as the upstream counted it when plausible, else at ~4 bytes per token.
     bool prompt_known = out.usage && !out.usage->implausible;
-    b.prompt_tokens = prompt_known ? out.usage->prompt_tokens : static_cast<std::int64_t>((body_bytes + 3) / 4);
+    b.prompt_tokens = prompt_known            ? out.usage->prompt_tokens
+                      : out.prompt_reported ? *out.prompt_reported  // Anthropic's message_start
+                                            : static_cast<std::int64_t>((body_bytes + 3) / 4);
     b.completion_tokens = out.delivered_chunks > 0 ? std::min(out.delivered_chunks, wire::Usage::max_tokens)
                                                    : std::min((out.delivered_bytes + 3) / 4, wire::Usage::max_tokens);
   }

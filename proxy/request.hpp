@@ -38,6 +38,9 @@ struct Outcome {
   bool reached_upstream = false;  ///< the serving attempt's request was written upstream
   int status = 0;
   std::optional<wire::Usage> usage;
+  /// The prompt tokens the upstream reported before its final usage (Anthropic's message_start):
+  /// what a stream cut before that usage is billed as its prompt.
+  std::optional<std::int64_t> prompt_reported;
   std::int64_t delivered_chunks = 0;  ///< SSE events with output whose bytes all reached the client's socket
   std::int64_t delivered_bytes = 0;   ///< a JSON (non-streamed) 2xx body that reached the client's socket
   bool undelivered_output = false;     ///< the client left before an event with output reached it

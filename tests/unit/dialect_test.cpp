@@ -229,6 +229,25 @@ TEST_CASE("Messages API: input, cache writes and cache reads make the prompt; de
   CHECK(got.find("\"output_tokens\":12,\"cost\":" + usd(charge_for(16, 12, 11)) + "}") != std::string::npos);
 }
 
+TEST_CASE("Messages API: a stream cut before its message_delta is billed as delivered, prompt as reported",
+          "[dialect]") {
+  RequestCtx s = ctx_for(messages_dialect(), wire::Endpoint::messages, true);
+  SseBatch batch;
+  relay(s, {"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":40,"
+            "\"cache_read_input_tokens\":60,\"output_tokens\":1}}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"a\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"b\"}}\n\n"},
+        &batch);
+  CHECK_FALSE(s.out.usage);  // message_start's output_tokens (1) is not the final count
+  CHECK(s.out.prompt_reported == 100);
+  s.out.delivered_chunks = static_cast<std::int64_t>(batch.output_ends.size());
+  s.out.upstream_aborted = true;
+  Bill b = bill(s.out, 500, s.hold, *s.pricing, "m", false);
+  CHECK(b.prompt_tokens == 100);
+  CHECK(b.completion_tokens == 2);
+  CHECK(b.status == "upstream_aborted");
+}
+
 TEST_CASE("Messages API: errors in Anthropic's shape and types", "[dialect]") {
   const Dialect& d = messages_dialect();
   CHECK(d.error_body(401, "bad key", "invalid_request_error", "invalid_api_key") ==
