@@ -167,7 +167,8 @@ awaitable<void> relay_stream(Stream& up, beast::flat_buffer& upbuf, http::respon
     // The crash journal learns what was delivered at least once a second (recovery bills it).
     if (out.delivered_chunks != journaled_delivered) {
       if (auto now = std::chrono::steady_clock::now(); now - journaled_at >= std::chrono::seconds(1)) {
-        app.intents.progress(ctx.request_id, out.delivered_chunks, out.usage ? out.usage->prompt_tokens : -1);
+        app.intents.progress(ctx.request_id, out.delivered_chunks,
+                              out.usage ? out.usage->prompt_tokens : out.prompt_reported.value_or(-1));
         journaled_at = now;
         journaled_delivered = out.delivered_chunks;
       }
