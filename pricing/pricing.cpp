@@ -55,8 +55,8 @@ Picos PricingSnapshot::token_cost(const ModelPrice& p, std::int64_t prompt_token
 }
 
 namespace {
-/// tokens × price, each taken as ≥ 0, saturated at max_request_picos (so that eight of them
-/// sum without overflow).
+/// tokens × price, each taken as ≥ 0, saturated at max_request_picos (so that a sum of any
+/// few of them cannot overflow 128 bits).
 __int128 part(std::int64_t count, Picos price) {
   __int128 v = static_cast<__int128>(std::max<std::int64_t>(count, 0)) * std::max<Picos>(price, 0);
   return v > max_request_picos ? max_request_picos : v;
@@ -69,20 +69,26 @@ Picos PricingSnapshot::cost(const ModelPrice& p, const Metered& m) {
   std::int64_t cached = std::clamp<std::int64_t>(m.cached_read, 0, prompt);
   std::int64_t written = std::clamp<std::int64_t>(m.cache_write, 0, prompt - cached);
   std::int64_t reasoning = std::clamp<std::int64_t>(m.reasoning, 0, completion);
+  std::int64_t image = std::clamp<std::int64_t>(m.image_output, 0, completion - reasoning);
+  // Eleven parts, each ≤ 10^18: the sum stays far below 2^127.
   __int128 c = part(prompt - cached - written, p.prompt_per_token) +
                part(cached, p.cache_read_per_token.value_or(p.prompt_per_token)) +
                part(written, p.cache_write_per_token.value_or(p.prompt_per_token)) +
-               part(completion - reasoning, p.completion_per_token) +
+               part(completion - reasoning - image, p.completion_per_token) +
                part(reasoning, p.reasoning_per_token.value_or(p.completion_per_token)) +
+               part(image, p.image_output_per_token.value_or(p.completion_per_token)) +
                part(m.requests, p.per_request) + part(m.images, p.per_image) +
-               part(m.web_searches, p.per_web_search);
+               part(m.web_searches, p.per_web_search) + part(m.images_generated, p.per_generated_image);
   return saturate(c);
 }
 
-Picos PricingSnapshot::worst_case_cost(const ModelPrice& p, std::int64_t prompt_max, std::int64_t completion_max) {
+Picos PricingSnapshot::worst_case_cost(const ModelPrice& p, std::int64_t prompt_max, std::int64_t completion_max,
+                                       std::int64_t images_max) {
   Picos prompt_price = std::max({p.prompt_per_token, p.cache_read_per_token.value_or(0), p.cache_write_per_token.value_or(0)});
-  Picos completion_price = std::max(p.completion_per_token, p.reasoning_per_token.value_or(0));
-  return saturate(part(prompt_max, prompt_price) + part(completion_max, completion_price) + part(1, p.per_request));
+  Picos completion_price = std::max({p.completion_per_token, p.reasoning_per_token.value_or(0),
+                                     p.image_output_per_token.value_or(0)});
+  return saturate(part(prompt_max, prompt_price) + part(completion_max, completion_price) + part(1, p.per_request) +
+                  part(images_max, p.per_generated_image));
 }
 
 bool PricingSnapshot::drifts(Picos computed, Picos reported) noexcept {

@@ -113,23 +113,30 @@ PricesSyncResult sync_prices(sql::PgConn& db, const std::string& base_url, const
                                                       c->as_int64() <= 2'000'000'000)
         context = c->as_int64();
       auto cache_read = separate("input_cache_read"), cache_write = separate("input_cache_write"),
-           reasoning = separate("internal_reasoning"), request = price_of(p, "request"),
-           image = price_of(p, "image"), web = price_of(p, "web_search");
+           reasoning = separate("internal_reasoning"), image_output = separate("image_output"),
+           request = price_of(p, "request"), image = price_of(p, "image"), web = price_of(p, "web_search");
+      std::optional<std::string> name;
+      if (auto* n = o->if_contains("name"); n && n->is_string() && !n->as_string().empty())
+        name = std::string(n->as_string());
       std::string context_text = std::to_string(context);
+      // image_generation_price is the operator's (OpenRouter lists no price per generated
+      // image) and created_at says when the model was first priced: neither is touched here.
+      // A model the list gives no name keeps the one it has.
       db.exec("INSERT INTO model_prices (model, prompt_price, completion_price, context_length,"
               " input_cache_read_price, input_cache_write_price, internal_reasoning_price, request_price,"
-              " image_price, web_search_price)"
+              " image_price, web_search_price, image_output_price, name)"
               " VALUES ($1, $2::numeric, $3::numeric, NULLIF($4::int, 0), $5::numeric, $6::numeric, $7::numeric,"
-              " NULLIF($8::numeric, 0), NULLIF($9::numeric, 0), NULLIF($10::numeric, 0))"
+              " NULLIF($8::numeric, 0), NULLIF($9::numeric, 0), NULLIF($10::numeric, 0), $11::numeric, $12)"
               " ON CONFLICT (model) DO UPDATE SET prompt_price = EXCLUDED.prompt_price,"
               " completion_price = EXCLUDED.completion_price, context_length = EXCLUDED.context_length,"
               " input_cache_read_price = EXCLUDED.input_cache_read_price,"
               " input_cache_write_price = EXCLUDED.input_cache_write_price,"
               " internal_reasoning_price = EXCLUDED.internal_reasoning_price,"
               " request_price = EXCLUDED.request_price, image_price = EXCLUDED.image_price,"
-              " web_search_price = EXCLUDED.web_search_price, updated_at = now()",
+              " web_search_price = EXCLUDED.web_search_price, image_output_price = EXCLUDED.image_output_price,"
+              " name = coalesce(EXCLUDED.name, model_prices.name), updated_at = now()",
               {model, *prompt, *completion, context_text, sv(cache_read), sv(cache_write), sv(reasoning), sv(request),
-               sv(image), sv(web)});
+               sv(image), sv(web), sv(image_output), sv(name)});
       ++r.upserted;
     }
     db.exec("COMMIT");

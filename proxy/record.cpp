@@ -29,10 +29,36 @@ sql::Intent intent_of(const RequestCtx& ctx) {
   return i;
 }
 
+namespace {
+/// Which cost believable usage is charged from (phase 6): the upstream's reported `usage.cost`
+/// (returned; the pricing rule is then applied to it) or the model's prices (nullopt: cost()
+/// over every metered part). The reported cost, when the upstream sent one it believes
+/// (Bill::upstream_cost), is charged
+///  - with billing.cost_source = "upstream" (`cost_from_upstream`), whatever was used;
+///  - for image output tokens (`image_tokens` > 0) of a model with no image_output_price.
+///    Issue 13: image output is priced "at an image-output token price when priced, else
+///    usage.cost". Without a reported cost they are priced as completion tokens (cost() takes
+///    the completion price for them);
+///  - for generated images (`images` > 0, Images API) of a model with no image_generation_price
+///    and every token price 0, i.e. nothing in model_prices prices them (a request fee alone
+///    does not). Without a reported cost they cost 0 (cost()).
+/// In every other case the prices make the cost, and usage.cost is only recorded beside it.
+std::optional<pricing::Picos> reported_cost_to_charge(const pricing::ModelPrice& p, const Bill& b,
+                                                      bool cost_from_upstream) {
+  if (!b.upstream_cost) return std::nullopt;
+  if (cost_from_upstream) return b.upstream_cost;
+  if (b.image_tokens > 0 && !p.image_output_per_token) return b.upstream_cost;
+  const bool no_token_price = p.prompt_per_token == 0 && p.completion_per_token == 0 &&
+                              p.cache_read_per_token.value_or(0) == 0 && p.cache_write_per_token.value_or(0) == 0 &&
+                              p.reasoning_per_token.value_or(0) == 0 && p.image_output_per_token.value_or(0) == 0;
+  if (b.images > 0 && p.per_generated_image == 0 && no_token_price) return b.upstream_cost;
+  return std::nullopt;
+}
+}  // namespace
+
 Bill bill(const Outcome& out, std::size_t body_bytes, pricing::Micros hold, const pricing::PricingSnapshot& prices,
           const std::string& model, bool cost_from_upstream) {
   Bill b;
-  std::optional<pricing::Picos> reported_cost;
   const bool ok_status = out.status >= 200 && out.status < 300;
   const bool usable = out.usage && !out.usage->implausible && !out.undelivered_output;
   // What the upstream said it charged, recorded beside our charge whichever one bills.
@@ -43,7 +69,8 @@ Bill bill(const Outcome& out, std::size_t body_bytes, pricing::Micros hold, cons
     b.cached_tokens = out.usage->cached_tokens;
     b.cache_write_tokens = out.usage->cache_write_tokens;
     b.reasoning_tokens = out.usage->reasoning_tokens;
-    if (cost_from_upstream) reported_cost = b.upstream_cost;
+    b.image_tokens = out.usage->image_tokens;
+    b.images = out.usage->images;
   } else if (out.delivered_chunks > 0 || (ok_status && out.delivered_bytes > 0)) {
     // No usage to believe (the stream ended without it, the client left before output it
     // counts reached it, or the upstream sent none, garbage, negative or absurd counts): bill
@@ -62,9 +89,19 @@ Bill bill(const Outcome& out, std::size_t body_bytes, pricing::Micros hold, cons
   else if (ok_status) b.status = usable ? "success" : "usage_missing";
   else b.status = "upstream_error";
   const pricing::ModelPrice* price = prices.price(model);
-  if (price && (b.prompt_tokens > 0 || b.completion_tokens > 0 || reported_cost)) {
+  // Only believable usage is ever charged at the cost it reports.
+  std::optional<pricing::Picos> reported_cost =
+      price && usable ? reported_cost_to_charge(*price, b, cost_from_upstream) : std::nullopt;
+  if (price && (b.prompt_tokens > 0 || b.completion_tokens > 0 || b.images > 0 || reported_cost)) {
     // A request that is billed at all pays the model's request fee once.
-    pricing::Metered m{b.prompt_tokens, b.cached_tokens, b.cache_write_tokens, b.completion_tokens, b.reasoning_tokens, 1};
+    pricing::Metered m{.prompt = b.prompt_tokens,
+                       .cached_read = b.cached_tokens,
+                       .cache_write = b.cache_write_tokens,
+                       .completion = b.completion_tokens,
+                       .reasoning = b.reasoning_tokens,
+                       .requests = 1,
+                       .image_output = b.image_tokens,
+                       .images_generated = b.images};
     pricing::Picos computed = pricing::PricingSnapshot::cost(*price, m);
     if (usable && b.upstream_cost) b.cost_drift = pricing::PricingSnapshot::drifts(computed, *b.upstream_cost);
     auto c = prices.charge(model, reported_cost ? *reported_cost : computed);
@@ -119,6 +156,8 @@ std::optional<Recorded> record(App& app, const RequestCtx& ctx) {
   r.cached_tokens = b.cached_tokens;
   r.cache_write_tokens = b.cache_write_tokens;
   r.reasoning_tokens = b.reasoning_tokens;
+  r.image_tokens = b.image_tokens;
+  r.images_generated = b.images;
   r.upstream_cost = b.upstream_cost;
   if (b.cost_drift) ++app.metrics.cost_drift;
   pricing::Micros overrun = b.overrun;

@@ -21,6 +21,9 @@ struct Bill {
   /// Tokens priced apart, parts of prompt_tokens (cached, cache_write) and completion_tokens
   /// (reasoning): from believable usage only, else 0.
   std::int64_t cached_tokens = 0, cache_write_tokens = 0, reasoning_tokens = 0;
+  /// Completion tokens that are image output (a part of completion_tokens) and images generated
+  /// (Images API): from believable usage only, else 0.
+  std::int64_t image_tokens = 0, images = 0;
   pricing::Micros cost = 0;     ///< the upstream cost, credit units
   pricing::Micros charge = 0;   ///< in [0, hold]
   pricing::Micros overrun = 0;  ///< what the computed charge exceeded the hold by
@@ -37,7 +40,9 @@ struct Bill {
 /// per output event, or ~4 bytes per token of a JSON body; the prompt as reported when
 /// plausible, else ~4 bytes per token of `body_bytes`); priced with `prices`, every component
 /// at its own price plus the model's request fee (pricing::PricingSnapshot::cost), or at the
-/// reported cost when `cost_from_upstream`; the charge never above `hold` (credit units).
+/// reported cost when `cost_from_upstream` or when the usage holds image output the model has
+/// no price for (reported_cost_to_charge in record.cpp); the charge never above `hold` (credit
+/// units). A model without a model_prices row is billed nothing.
 Bill bill(const Outcome& out, std::size_t body_bytes, pricing::Micros hold, const pricing::PricingSnapshot& prices,
           const std::string& model, bool cost_from_upstream);
 

@@ -60,7 +60,9 @@ pricing::PricingSnapshotPtr load_pricing(PgConn& db) {
   std::unordered_map<std::string, ModelPrice> prices;
   auto p = db.exec("SELECT model, prompt_price::text, completion_price::text, coalesce(context_length, 0),"
                    " input_cache_read_price::text, input_cache_write_price::text, internal_reasoning_price::text,"
-                   " request_price::text, image_price::text, web_search_price::text FROM model_prices");
+                   " request_price::text, image_price::text, web_search_price::text, image_output_price::text,"
+                   " image_generation_price::text, coalesce(name, model), floor(extract(epoch FROM created_at))::bigint"
+                   " FROM model_prices");
   for (int i = 0; i < p.rows(); ++i) {
     // A NULL price is nullopt ("not priced separately"); any other must parse.
     auto price_at = [&](int col) -> std::optional<Picos> {
@@ -78,7 +80,11 @@ pricing::PricingSnapshotPtr load_pricing(PgConn& db) {
     m.per_request = price_at(7).value_or(0);
     m.per_image = price_at(8).value_or(0);
     m.per_web_search = price_at(9).value_or(0);
-    prices.emplace(p.str(i, 0), m);
+    m.image_output_per_token = price_at(10);
+    m.per_generated_image = price_at(11).value_or(0);
+    m.name = p.str(i, 12);
+    m.created_at_s = p.i64(i, 13);
+    prices.emplace(p.str(i, 0), std::move(m));
   }
   std::vector<PricingRule> rules;
   auto r = db.exec("SELECT model_pattern, (markup_percentage * 100)::bigint,"

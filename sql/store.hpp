@@ -25,7 +25,8 @@ const std::vector<std::pair<std::string, std::string>>& embedded_migrations();
 /// Looks a key up by its SHA-256 hex hash; nullopt if no such key.
 std::optional<keys::KeyRecord> lookup_key(PgConn& db, const std::string& key_hash);
 
-/// Loads `model_prices` and active `pricing_rules` into an immutable snapshot.
+/// Loads `model_prices` (every price component, the display name — the model id when NULL — and
+/// created_at as Unix seconds) and active `pricing_rules` into an immutable snapshot.
 pricing::PricingSnapshotPtr load_pricing(PgConn& db);
 
 /// The account's balance in credit units (1e-6 USD); nullopt if the account has no balance row.

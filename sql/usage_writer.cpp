@@ -154,6 +154,10 @@ void append_price_parts(std::string& out, const UsageRecord& r) {
   append_int(out, r.cache_write_tokens);
   out += R"(,"reasoning_tokens":)";
   append_int(out, r.reasoning_tokens);
+  out += R"(,"image_tokens":)";
+  append_int(out, r.image_tokens);
+  out += R"(,"images_generated":)";
+  append_int(out, r.images_generated);
   out += R"(,"upstream":)";
   if (r.upstream.empty()) out += "null";
   else append_json_string(out, r.upstream);
@@ -169,7 +173,7 @@ void append_price_parts(std::string& out, const UsageRecord& r) {
 
 /// The same as COPY text columns, each after a tab (NULL: \N).
 void append_copy_price_parts(std::string& out, const UsageRecord& r) {
-  for (std::int64_t n : {r.cached_tokens, r.cache_write_tokens, r.reasoning_tokens}) {
+  for (std::int64_t n : {r.cached_tokens, r.cache_write_tokens, r.reasoning_tokens, r.image_tokens, r.images_generated}) {
     out.push_back('\t');
     append_int(out, n);
   }
@@ -735,7 +739,7 @@ bool UsageWriter::record_by_copy(PgConn& db, std::span<const Pending> batch, Scr
     db.copy_begin("COPY usage_logs (id, request_id, user_id, api_key_id, model, prompt_tokens,"
                   " completion_tokens, total_tokens, cost_usd, credits_deducted, status,"
                   " request_metadata, response_metadata, created_at, cached_tokens, cache_write_tokens,"
-                  " reasoning_tokens, upstream, upstream_cost_usd) FROM STDIN");
+                  " reasoning_tokens, image_tokens, images_generated, upstream, upstream_cost_usd) FROM STDIN");
     copying = true;
     std::string& t = s.text;
     t.clear();

@@ -59,6 +59,10 @@ struct UsageRecord {
   /// Tokens priced apart: parts of prompt_tokens (cached reads, cache writes) and of
   /// completion_tokens (reasoning), never added to them (usage_logs columns of the same names).
   std::int64_t cached_tokens = 0, cache_write_tokens = 0, reasoning_tokens = 0;
+  /// Completion tokens that are image output, a part of completion_tokens like reasoning_tokens
+  /// (usage_logs.image_tokens), and the images an Images API request generated
+  /// (usage_logs.images_generated). Journal lines written before these existed read as 0.
+  std::int64_t image_tokens = 0, images_generated = 0;
   std::string upstream;  ///< the name of the upstream that served the request (usage_logs.upstream); empty → NULL
   /// What the upstream reported the request cost (`usage.cost`), Picos (1e-12 USD), stored as
   /// usage_logs.upstream_cost_usd (USD, 12 decimals); nullopt → NULL (none reported).

@@ -974,6 +974,13 @@ std::string render_models() {
         append_decimal_pico(out, m.cache_read_pico);
         put(out, "\",\"input_cache_write\":\"");
         append_decimal_pico(out, m.cache_write_pico);
+        if (m.kind == Kind::image && m.completion_pico > 0) {
+            // An image model's output tokens are image output (gpt-image-1): OpenRouter's key
+            // for that price. (`image` above is its price per generated image here; on
+            // OpenRouter it is per image input.)
+            put(out, "\",\"image_output\":\"");
+            append_decimal_pico(out, m.completion_pico);
+        }
         fmt::format_to(fmt::appender(out),
                        "\"}},"
                        "\"top_provider\":{{\"context_length\":{},\"max_completion_tokens\":16384,"

@@ -66,11 +66,16 @@ inline void check_chunk_info(const wire::ChunkInfo& info) {
   dearer.cache_read_per_token = dearer.reasoning_per_token = 10'000'000'000'000;
   dearer.cache_write_per_token = 0;
   dearer.per_request = 1'000'000'000'000;
+  dearer.image_output_per_token = 20'000'000'000'000;
+  dearer.per_generated_image = 1'000'000'000'000'000;
   pricing::Metered m{u.prompt_tokens, u.cached_tokens, u.cache_write_tokens, u.completion_tokens, u.reasoning_tokens, 1};
+  m.image_output = u.image_tokens;
+  m.images_generated = u.images;
   pricing::Picos full = pricing::PricingSnapshot::cost(dearer, m);
   FUZZ_CHECK(full >= 0 && full <= pricing::max_request_picos);
   check_charge(full);
-  if (!u.implausible) FUZZ_CHECK(full <= pricing::PricingSnapshot::worst_case_cost(dearer, u.prompt_tokens, u.completion_tokens));
+  if (!u.implausible)
+    FUZZ_CHECK(full <= pricing::PricingSnapshot::worst_case_cost(dearer, u.prompt_tokens, u.completion_tokens, u.images));
 }
 
 }  // namespace tollgate::fuzz

@@ -16,6 +16,9 @@ pricing::PricingSnapshot prices() {
   std::unordered_map<std::string, pricing::ModelPrice> p{
       {"cheap", {150'000, 600'000, 128000}},          // $0.15 / $0.60 per M tokens
       {"dear", {15'000'000, 75'000'000, 200000}},     // $15 / $75 per M tokens
+      // Image output at $30 per M tokens, $0.04 per generated image (unpriced image parts are
+      // charged from usage.cost: "cheap" and "dear" have neither price).
+      {"image", {300'000, 2'500'000, 32768, {}, {}, {}, 0, 0, 0, 30'000'000, 40'000'000'000}},
   };
   std::vector<pricing::PricingRule> rules{{"*", 2500, 0, 1}};  // 25 % markup
   return pricing::PricingSnapshot(std::move(p), std::move(rules));
@@ -40,6 +43,8 @@ Outcome random_outcome(std::mt19937_64& rng) {
     u.prompt_tokens = tokens();
     u.completion_tokens = tokens();
     u.implausible = pick(0, 3) == 0;
+    if (pick(0, 3) == 0) u.image_tokens = pick(0, u.completion_tokens);
+    if (pick(0, 5) == 0) u.images = pick(0, 10);
     if (pick(0, 2) == 0) {
       static const char* costs[] = {"0", "0.000001", "0.5", "12.34", "9000000", "1000000", "0.0000000001"};
       u.cost_usd = costs[pick(0, 6)];
@@ -59,13 +64,13 @@ Outcome random_outcome(std::mt19937_64& rng) {
 TEST_CASE("property: the charge is in [0, hold] and a balance never goes below -overdraft") {
   const auto snap = prices();
   std::mt19937_64 rng(20261128);
-  const std::string models[] = {"cheap", "dear"};
+  const std::string models[] = {"cheap", "dear", "image"};
   std::int64_t capped = 0;
   for (int account = 0; account < 200; ++account) {
     Micros overdraft = std::uniform_int_distribution<Micros>(0, 1)(rng) ? 0 : 5'000;
     Micros balance = std::uniform_int_distribution<Micros>(0, 2'000'000)(rng);  // up to $2
     for (int request = 0; request < 50; ++request) {
-      const std::string& model = models[rng() % 2];
+      const std::string& model = models[rng() % 3];
       std::size_t body_bytes = std::uniform_int_distribution<std::size_t>(2, 200'000)(rng);
       std::int64_t cap = std::uniform_int_distribution<std::int64_t>(1, 100'000)(rng);
       // The hold admission computes: every body byte a prompt token (+1) and the cap.

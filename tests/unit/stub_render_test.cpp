@@ -327,3 +327,26 @@ TEST_CASE("stub /__stub/last records the Anthropic headers that were present") {
   CHECK(get_str(j.root, "/headers/anthropic-beta").empty());
   CHECK(get_int(j.root, "/requests") == 3);
 }
+
+TEST_CASE("stub /models: image-output price for the token-priced image model only") {
+  Json j(render_models());
+  dom::array data;
+  REQUIRE(j.root["data"].get(data) == simdjson::SUCCESS);
+  int seen = 0;
+  for (dom::element m : data) {
+    std::string id(m["id"].get_string().value());
+    std::string_view image_output;
+    bool has = m.at_pointer("/pricing/image_output").get_string().get(image_output) == simdjson::SUCCESS;
+    INFO(id);
+    if (id == "openai/gpt-image-1") {
+      REQUIRE(has);
+      CHECK(image_output == get_str(m, "/pricing/completion"));
+      CHECK(image_output == "0.00004");
+      ++seen;
+    } else {
+      CHECK_FALSE(has);  // dall-e-3 is priced per image; text models have no image output
+      if (id == "openai/dall-e-3") ++seen;
+    }
+  }
+  CHECK(seen == 2);
+}
