@@ -57,7 +57,7 @@ awaitable<Step> admit(Pipe& p, RequestCtx& ctx) {
   std::int64_t prompt_max = static_cast<std::int64_t>(ctx.body.size()) / app.cfg.prompt_bytes_per_token + 1;
   std::int64_t completion_max =
       ctx.endpoint == wire::Endpoint::embeddings ? 0 : ctx.req.max_tokens.value_or(ctx.default_cap);
-  [[maybe_unused]] std::int64_t images_max = 0;  // priced once worst_case_cost takes images
+  std::int64_t images_max = 0;
   if (ctx.endpoint == wire::Endpoint::images_generations) {
     // n images, each at most image_output_tokens_max output tokens and one per-image price.
     images_max = ctx.req.n;
@@ -65,7 +65,7 @@ awaitable<Step> admit(Pipe& p, RequestCtx& ctx) {
   }
   pricing::Micros worst =
       ctx.pricing->charge(ctx.req.model,
-                          pricing::PricingSnapshot::worst_case_cost(*ctx.price, prompt_max, completion_max))
+                          pricing::PricingSnapshot::worst_case_cost(*ctx.price, prompt_max, completion_max, images_max))
           .charge;
   ctx.hold = worst;  // the charge never exceeds it (record.cpp)
   auto insufficient = [&](pricing::Micros available) {

@@ -50,13 +50,16 @@ boost::json::object model_entry(const pricing::PricingSnapshot& prices, const st
       {"internal_reasoning", price(p.reasoning_per_token.value_or(p.completion_per_token))},
       {"input_cache_read", price(p.cache_read_per_token.value_or(p.prompt_per_token))},
       {"input_cache_write", price(p.cache_write_per_token.value_or(p.prompt_per_token))},
+      {"image_output", price(p.image_output_per_token.value_or(p.completion_per_token))},
+      // Not an OpenRouter key: the Images API's price per generated image.
+      {"image_generation", price(p.per_generated_image)},
   };
   json::object m{
       {"id", id},
       {"object", "model"},
-      {"created", 0},
+      {"created", p.created_at_s},
       {"owned_by", slash == std::string::npos ? std::string("tollgate") : id.substr(0, slash)},
-      {"name", id},
+      {"name", p.name.empty() ? id : p.name},
       {"context_length", p.context_length > 0 ? json::value(p.context_length) : json::value(nullptr)},
       {"pricing", std::move(pricing)},
   };
