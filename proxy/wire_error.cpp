@@ -2,6 +2,7 @@
 // error event of a stream that fails after its 200. Errors are rare, so this path parses and
 // rebuilds documents with Boost.JSON instead of splicing bytes.
 #include "proxy/wire.hpp"
+#include "proxy/wire_usage.hpp"
 
 #include <boost/json.hpp>
 #include <fmt/format.h>
@@ -16,12 +17,6 @@ namespace {
 
 constexpr std::string_view redacted = "[redacted]";
 
-bool name_mentions_cost(std::string_view name) {
-  constexpr std::string_view cost = "cost";
-  return std::search(name.begin(), name.end(), cost.begin(), cost.end(), [](char a, char b) {
-           return std::tolower(static_cast<unsigned char>(a)) == b;
-         }) != name.end();
-}
 
 std::string redact(std::string_view s, std::string_view key) {
   std::string out(s);

@@ -8,6 +8,13 @@
 namespace tollgate::wire {
 namespace od = simdjson::ondemand;
 
+bool name_mentions_cost(std::string_view name) {
+  constexpr std::string_view cost = "cost";
+  return std::search(name.begin(), name.end(), cost.begin(), cost.end(), [](char a, char b) {
+           return std::tolower(static_cast<unsigned char>(a)) == b;
+         }) != name.end();
+}
+
 simdjson::padded_string_view padded(std::string& s) {
   if (s.capacity() < s.size() + simdjson::SIMDJSON_PADDING) s.reserve(s.size() + simdjson::SIMDJSON_PADDING);
   return simdjson::padded_string_view(s.data(), s.size(), s.capacity());
@@ -103,12 +110,6 @@ void usage_details(od::value& v, std::initializer_list<DetailField> fields, Usag
   }
 }
 
-bool name_mentions_cost(std::string_view name) {
-  constexpr std::string_view cost = "cost";
-  return std::search(name.begin(), name.end(), cost.begin(), cost.end(), [](char a, char b) {
-           return std::tolower(static_cast<unsigned char>(a)) == b;
-         }) != name.end();
-}
 
 void remove_costs(boost::json::value& v) {
   if (auto* o = v.if_object()) {

@@ -19,6 +19,10 @@ namespace tollgate::wire {
 /// capacity is grown when it lacks them (the contents are unchanged).
 simdjson::padded_string_view padded(std::string& s);
 
+/// Whether a JSON member's name mentions "cost" (any case): `cost`, `cost_details`,
+/// `upstream_inference_cost` — what never leaves tollgate from an upstream.
+bool name_mentions_cost(std::string_view name);
+
 /// The names an API gives a usage object's counts.
 enum class UsageNames {
   /// OpenAI chat completions, completions, embeddings as OpenRouter serves them: prompt_tokens,
