@@ -194,46 +194,27 @@ bool read_usage_text(std::string_view json, UsageNames names, Usage& u) {
   return true;
 }
 
-std::string with_charge(std::string_view doc, std::initializer_list<std::string_view> path,
-                        std::optional<pricing::Micros> charge) {
-  boost::json::error_code ec;
-  boost::json::value v = boost::json::parse(boost::json::string_view(doc.data(), doc.size()), ec, {}, deep_json);
-  if (ec) return std::string(doc);
-  boost::json::value* at = &v;
-  for (std::string_view key : path) {
-    auto* o = at->if_object();
-    at = o ? o->if_contains(key) : nullptr;
-    if (!at) return std::string(doc);
-  }
-  if (!at->is_object()) return std::string(doc);
-  remove_costs(*at);
-  if (!charge) return boost::json::serialize(v);
-  // The charge goes in as decimal text, exact in micro-dollars ("0.000123"), not as a double
-  // (which Boost.JSON would print as 1.23E-4): a marker string is serialized, then replaced.
-  static constexpr std::string_view marker = "\"tollgate:charge:9f3b1c\"";
-  at->as_object()["cost"] = marker.substr(1, marker.size() - 2);
-  std::string out = boost::json::serialize(v);
-  std::string amount;
-  pricing::append_micros(amount, *charge);
-  if (auto pos = out.rfind(marker); pos != std::string::npos) out.replace(pos, marker.size(), amount);
-  return out;
-}
 
-}  // namespace tollgate::wire
+namespace {
+/// Where the value at `path` is in `doc`: byte offset and size (the last of repeated keys), and
+/// whether every key on the path appears once.
+struct Span {
+  std::size_t begin = 0, size = 0;
+  bool unique = true;
+};
 
-namespace tollgate::wire {
-
-std::optional<std::string> json_at(std::string_view doc, std::initializer_list<std::string_view> path) {
+std::optional<Span> span_at(std::string_view doc, std::initializer_list<std::string_view> path) {
   thread_local od::parser parser;
   thread_local std::string buf;
-  std::optional<std::string> at(doc);
+  Span at{0, doc.size(), true};
   for (std::string_view key : path) {
-    buf.assign(*at);
-    at.reset();
+    buf.assign(doc.substr(at.begin, at.size));
     od::document d;
     od::object o;
     if (parser.iterate(padded(buf)).get(d) != simdjson::SUCCESS || d.get_object().get(o) != simdjson::SUCCESS)
       return std::nullopt;
+    std::optional<Span> found;
+    int count = 0;
     try {
       for (auto f : o) {
         std::string_view k = f.unescaped_key();
@@ -252,14 +233,24 @@ std::optional<std::string> json_at(std::string_view doc, std::initializer_list<s
         }
         while (!raw.empty() && (raw.back() == ' ' || raw.back() == '\n' || raw.back() == '\r' || raw.back() == '\t'))
           raw.remove_suffix(1);
-        at = std::string(raw);  // the last one counts
+        found = Span{at.begin + static_cast<std::size_t>(raw.data() - buf.data()), raw.size(), at.unique};
+        ++count;
       }
     } catch (const simdjson::simdjson_error&) {
       return std::nullopt;
     }
-    if (!at) return std::nullopt;
+    if (!found) return std::nullopt;
+    at = *found;
+    at.unique = at.unique && count == 1;
   }
   return at;
+}
+}  // namespace
+
+std::optional<std::string> json_at(std::string_view doc, std::initializer_list<std::string_view> path) {
+  auto at = span_at(doc, path);
+  if (!at) return std::nullopt;
+  return std::string(doc.substr(at->begin, at->size));
 }
 
 std::optional<std::string> string_at(std::string_view doc, std::initializer_list<std::string_view> path) {
@@ -289,6 +280,43 @@ std::string event_type(std::string_view ev, std::string_view data) {
     ev.remove_prefix(eol + 1);
   }
   return string_at(data, {"type"}).value_or("");
+}
+
+std::string with_charge(std::string_view doc, std::initializer_list<std::string_view> path,
+                        std::optional<pricing::Micros> charge) {
+  // Usual case: the usage object is found once on its path; only it is rewritten, and the rest
+  // of the document goes out byte for byte (an embeddings body of megabytes is not re-printed).
+  if (auto at = path.size() ? span_at(doc, path) : std::nullopt; at && at->unique) {
+    std::string_view usage = doc.substr(at->begin, at->size);
+    if (usage.empty() || usage.front() != '{') return std::string(doc);
+    std::string out;
+    out.reserve(doc.size() + 32);
+    out.append(doc.substr(0, at->begin));
+    out.append(with_charge(usage, {}, charge));
+    out.append(doc.substr(at->begin + at->size));
+    return out;
+  }
+  boost::json::error_code ec;
+  boost::json::value v = boost::json::parse(boost::json::string_view(doc.data(), doc.size()), ec, {}, deep_json);
+  if (ec) return std::string(doc);
+  boost::json::value* at = &v;
+  for (std::string_view key : path) {
+    auto* o = at->if_object();
+    at = o ? o->if_contains(key) : nullptr;
+    if (!at) return std::string(doc);
+  }
+  if (!at->is_object()) return std::string(doc);
+  remove_costs(*at);
+  if (!charge) return boost::json::serialize(v);
+  // The charge goes in as decimal text, exact in micro-dollars ("0.000123"), not as a double
+  // (which Boost.JSON would print as 1.23E-4): a marker string is serialized, then replaced.
+  static constexpr std::string_view marker = "\"tollgate:charge:9f3b1c\"";
+  at->as_object()["cost"] = marker.substr(1, marker.size() - 2);
+  std::string out = boost::json::serialize(v);
+  std::string amount;
+  pricing::append_micros(amount, *charge);
+  if (auto pos = out.rfind(marker); pos != std::string::npos) out.replace(pos, marker.size(), amount);
+  return out;
 }
 
 }  // namespace tollgate::wire

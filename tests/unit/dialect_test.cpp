@@ -302,6 +302,12 @@ TEST_CASE("with_charge: only the usage object changes, duplicates collapse, no m
   CHECK(wire::with_charge(R"({"a":{"cost":1},"usage":{"cost":2},"usage":{"x":1,"cost":3}})", {"usage"}, 1234) ==
         R"({"a":{"cost":1},"usage":{"x":1,"cost":0.001234}})");
   CHECK(wire::with_charge(R"({"usage":null})", {"usage"}, 1) == R"({"usage":null})");
+  // One usage object: the rest of the document goes out byte for byte (numbers as written).
+  CHECK(wire::with_charge(R"({"data":[0.012345678901234567890, 1e-7] , "usage" : {"prompt_tokens":3,"cost":9}, "z":1})",
+                          {"usage"}, 42) ==
+        R"({"data":[0.012345678901234567890, 1e-7] , "usage" : {"prompt_tokens":3,"cost":0.000042}, "z":1})");
+  CHECK(wire::with_charge(R"({"r":{"id":"x","usage":{"cost_details":{"a":1}}}})", {"r", "usage"}, 0) ==
+        R"({"r":{"id":"x","usage":{"cost":0.000000}}})");
   CHECK(wire::with_charge("not json", {"usage"}, 1) == "not json");
   CHECK(wire::with_charge(R"({"r":{"usage":{"costly":1}}})", {"r", "usage"}, std::nullopt) == R"({"r":{"usage":{}}})");
 }
