@@ -120,7 +120,8 @@ net::awaitable<void> FakeUpstream::serve(tcp::socket s) {
   if (ec) co_return;
   std::string target(req.target());
   std::string name = target.substr(1, target.find('/', 1) - 1);
-  received.push_back({name, target, req.body()});
+  received.push_back({name, target, req.body(), std::string(req["anthropic-version"]), std::string(req["x-api-key"]),
+                      std::string(req[http::field::authorization])});
   Script sc;
   if (auto& q = scripts_[name]; !q.empty()) {
     sc = q.front();

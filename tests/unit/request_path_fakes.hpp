@@ -92,6 +92,7 @@ class FakeUpstream {
  public:
   struct Received {
     std::string upstream, target, body;
+    std::string anthropic_version, x_api_key, authorization;  ///< those request headers, as received
   };
   explicit FakeUpstream(net::io_context& ioc);
   std::uint16_t port() const { return acceptor_.local_endpoint().port(); }

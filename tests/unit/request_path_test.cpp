@@ -456,6 +456,8 @@ TEST_CASE("the Messages API: x-api-key, Anthropic's error shape, the upstream pa
   CHECK(r.result_int() == 200);
   REQUIRE(h.upstream.received.size() == 1);
   CHECK(h.upstream.received[0].target.ends_with("/messages"));
+  CHECK(h.upstream.received[0].anthropic_version == "2023-06-01");  // passed through
+  CHECK(h.upstream.received[0].x_api_key.empty());                  // the client's key never goes upstream
   h.admission.script.push_back(FakeAdmission::insufficient(5));
   r = c3.request(raw(fmt::format("x-api-key: {}\r\n", h.key), body));
   CHECK(anthropic_error(r) == "402 billing_error");

@@ -158,3 +158,30 @@ TEST_CASE("a route with a bad weight, and an invalid upstream row, are left out,
   REQUIRE(t->unusable().size() == 1);
   CHECK(t->unusable()[0].starts_with("bad: "));
 }
+
+TEST_CASE("an upstream's auth style: x-api-key for Anthropic, Authorization: Bearer otherwise") {
+  ::setenv("TOLLGATE_TEST_ANTHROPIC_KEY", "sk-ant-test", 1);
+  CircuitRegistry circuits;
+  auto anthropic = upstream("anthropic", "https://api.anthropic.com/v1");
+  anthropic.api_key_ref = "env:TOLLGATE_TEST_ANTHROPIC_KEY";
+  anthropic.auth_style = AuthStyle::x_api_key;
+  auto bearer = anthropic;
+  bearer.name = "bearer";
+  bearer.auth_style = AuthStyle::bearer;
+  auto t = build_route_table({anthropic, bearer}, {route(1, "anthropic/*", "anthropic"), route(2, "*", "bearer")},
+                             config_default(), circuits);
+  const Upstream* a = t->upstream("anthropic");
+  REQUIRE(a);
+  CHECK(a->wire_fields() ==
+        "Host: api.anthropic.com\r\nx-api-key: sk-ant-test\r\nContent-Type: application/json\r\nUser-Agent: tollgate/0.1\r\n");
+  const Upstream* b = t->upstream("bearer");
+  REQUIRE(b);
+  CHECK(b->wire_fields().find("Authorization: Bearer sk-ant-test\r\n") != std::string::npos);
+  CHECK(b->wire_fields().find("x-api-key") == std::string::npos);
+  CHECK(parse_auth_style("x-api-key") == AuthStyle::x_api_key);
+  CHECK(parse_auth_style("bearer") == AuthStyle::bearer);
+  CHECK_FALSE(parse_auth_style("Bearer"));
+  CHECK(to_string(AuthStyle::x_api_key) == "x-api-key");
+  // x-api-key is tollgate's to write: not an extra header.
+  CHECK_THROWS_AS(check_extra_header({"X-Api-Key", "k"}), std::invalid_argument);
+}
