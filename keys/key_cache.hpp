@@ -35,6 +35,17 @@ struct Limits {
   std::int64_t max_tokens_per_request = 0;
 };
 
+/// When a spend limit starts over (api_keys.limit_reset, rate_limits.limit_reset): calendar
+/// UTC periods, as OpenRouter's key budgets.
+enum class LimitReset { never, daily, weekly, monthly };
+
+/// A spend limit: at most `limit` credit units (1e-6 USD) charged per period; `limit` < 0 = none.
+struct SpendLimit {
+  std::int64_t limit = -1;
+  LimitReset reset = LimitReset::never;
+  bool set() const noexcept { return limit >= 0; }
+};
+
 /// What the request path needs to know about an API key (from Postgres `api_keys`).
 struct KeyRecord {
   std::string key_id;       ///< api_keys.id (uuid text)
@@ -45,6 +56,8 @@ struct KeyRecord {
   Limits key_limits;                 ///< limits of this key (overrides merged in)
   Limits account_limits;             ///< limits of the whole account
   std::int64_t overdraft_micros = 0; ///< balance may go this far below zero (credit units)
+  SpendLimit key_spend;      ///< api_keys.spend_limit_usd / limit_reset
+  SpendLimit account_spend;  ///< rate_limits.spend_limit_usd / limit_reset (the account's)
 
   /// True if the key may be used at `now_unix` (active and not expired).
   bool usable_at(std::int64_t now_unix) const noexcept {

@@ -29,6 +29,7 @@ std::string metrics_text(App& app) {
       "tollgate_key_lookups_total {}\ntollgate_key_filter_refusals_total {}\n"
       "tollgate_admission_total{{result=\"ok\"}} {}\ntollgate_admission_total{{result=\"over_limit\"}} {}\n"
       "tollgate_admission_total{{result=\"error\"}} {}\ntollgate_admission_total{{result=\"failure_mode_allowed\"}} {}\n"
+      "tollgate_admission_total{{result=\"spend_limit\"}} {}\n"
       "tollgate_active_requests {}\ntollgate_usage_records_appended_total {}\n"
       "tollgate_usage_records_committed_total {}\ntollgate_usage_records_queued {}\n"
       "tollgate_usage_batch_failures_total {}\ntollgate_usage_records_dead_lettered_total {}\n",
@@ -37,7 +38,8 @@ std::string metrics_text(App& app) {
       m.upstream_connect_failures.load(), m.client_aborts.load(), m.streams.load(),
       m.key_cache_hits.load(), m.key_cache_misses.load(), m.key_lookups.load(), m.key_filter_refusals.load(),
       m.admission_ok.load(), m.admission_over_limit.load(),
-      m.admission_errors.load(), m.failure_mode_allowed.load(), m.active_requests.load(), u.appended,
+      m.admission_errors.load(), m.failure_mode_allowed.load(), m.spend_limit_refusals.load(), m.active_requests.load(),
+      u.appended,
       u.committed, u.queued, u.failures, u.dead_lettered);
   fmt::format_to(std::back_inserter(out),
                  "tollgate_connections_open {}\ntollgate_connections_refused_total{{cap=\"total\"}} {}\n"

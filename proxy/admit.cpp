@@ -2,6 +2,7 @@
 // every sliding window, in one Redis round trip (AdmissionPort); with admission off or failing
 // open, the balance is read from the key source instead.
 #include "proxy/phase.hpp"
+#include "ratelimit/spend_period.hpp"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -18,7 +19,7 @@ void set_ratelimit_headers(RequestCtx& ctx, const std::vector<ratelimit::Window>
   for (bool tokens : {false, true}) {
     const ratelimit::Window* tight = nullptr;
     for (const auto& w : windows)
-      if (w.tokens == tokens && (!tight || w.remaining < tight->remaining)) tight = &w;
+      if (!w.spend && w.tokens == tokens && (!tight || w.remaining < tight->remaining)) tight = &w;
     if (!tight) continue;
     std::string kind = tokens ? "tokens" : "requests";
     ctx.headers.emplace_back("x-ratelimit-limit-" + kind, std::to_string(tight->limit));
@@ -37,6 +38,22 @@ std::int64_t max_tokens_limit(const keys::KeyRecord& k) {
 /// The most output tokens one generated image is metered (Images API): above the largest OpenAI
 /// lists for gpt-image-1 (6,240 at high quality, 1024×1536).
 constexpr std::int64_t image_output_tokens_max = 8192;
+
+/// 402 for a spend limit the request's worst case does not fit in (OpenRouter answers a key over
+/// its budget with 402 too): names the limit and when it resets.
+Step spend_limit_reached(App& app, RequestCtx& ctx, const ratelimit::Window& w) {
+  ++app.metrics.spend_limit_refusals;
+  const std::int64_t left = std::max<std::int64_t>(w.remaining, 0);
+  std::string resets = w.period_end_ms == INT64_MAX
+                           ? std::string("it does not reset")
+                           : "it resets at " + ratelimit::iso8601_utc(w.period_end_ms);
+  return fail(ctx, 402,
+              fmt::format("This {} has reached its spend limit of ${}: ${} is left and this request's worst case is "
+                          "${}; {}.",
+                          w.spend_scope == "key" ? "API key" : "account", pricing::format_micros(w.limit),
+                          pricing::format_micros(left), pricing::format_micros(w.cost), resets),
+              "insufficient_quota", w.spend_scope + "_spend_limit_reached");
+}
 
 }  // namespace
 
@@ -86,8 +103,9 @@ awaitable<Step> admit(Pipe& p, RequestCtx& ctx) {
         ctx.admission = std::move(a);
         co_return Step::next();
       case ratelimit::Verdict::rate_limited: {
-        ++app.metrics.admission_over_limit;
         const auto& w = a.windows.at(static_cast<std::size_t>(a.limited));
+        if (w.spend) co_return spend_limit_reached(app, ctx, w);
+        ++app.metrics.admission_over_limit;
         std::int64_t retry_s = std::max<std::int64_t>(1, (a.retry_after_ms + 999) / 1000);
         ctx.headers.emplace_back("retry-after", std::to_string(retry_s));
         co_return fail(ctx, 429,

@@ -37,6 +37,7 @@ struct Metrics {
   std::atomic<std::uint64_t> key_filter_refusals{0};   ///< refused by the filter, no lookup
   std::atomic<std::uint64_t> admission_ok{0}, admission_over_limit{0}, admission_errors{0};
   std::atomic<std::uint64_t> failure_mode_allowed{0};
+  std::atomic<std::uint64_t> spend_limit_refusals{0};  ///< 402: a key's or account's spend limit
   std::atomic<std::int64_t> active_requests{0};
   // Phase 1 (parse & limit) and the connection caps.
   std::atomic<std::uint64_t> requests_refused{0};      ///< 400/408/413/414/431/501/505 before routing, closed

@@ -32,6 +32,15 @@ net::awaitable<std::optional<std::pair<pricing::Micros, std::int64_t>>> load_bal
   co_return co_await app.lookups.run(query);
 }
 
+/// What a key or account was charged since a spend limit's period began (Postgres), to seed its
+/// window in Redis.
+net::awaitable<pricing::Micros> load_spend(App& app, std::string scope, std::string owner, std::int64_t since_ms) {
+  auto query = [scope = std::move(scope), owner = std::move(owner), since_ms](sql::PgConn& db) {
+    return sql::charged_since(db, scope, owner, since_ms);
+  };
+  co_return co_await app.lookups.run(query);
+}
+
 /// Accepts connections until the acceptor closes. Out of file descriptors, it backs off and
 /// answers the backlog with 503s (AcceptBackoff): the connections already open keep being served.
 net::awaitable<void> accept_loop(tcp::acceptor& acceptor, App& app, ThreadContext& tc) {
@@ -107,7 +116,10 @@ struct Server::Worker {
       admitter.emplace(
           ioc.get_executor(), *redis, app.cfg.admission,
           [&app](std::string account) { return load_balance(app, std::move(account)); },
-          [&app](std::size_t n) { app.metrics.active_requests -= static_cast<std::int64_t>(n); });
+          [&app](std::size_t n) { app.metrics.active_requests -= static_cast<std::int64_t>(n); }, nullptr,
+          [&app](std::string scope, std::string owner, std::int64_t since_ms) {
+            return load_spend(app, std::move(scope), std::move(owner), since_ms);
+          });
       admission.emplace(*admitter);
       tc.admission = &*admission;
     }

@@ -1,5 +1,6 @@
 #include "ratelimit/admission.hpp"
 #include "ratelimit/admission_detail.hpp"
+#include "ratelimit/spend_period.hpp"
 
 #include <fmt/format.h>
 #include <openssl/sha.h>
@@ -10,6 +11,7 @@
 #include <boost/asio/error.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 
 namespace tollgate::ratelimit {
@@ -24,6 +26,7 @@ extern const char* const embedded_epoch_lua;
 extern const char* const embedded_restore_lua;
 extern const char* const embedded_sweep_lua;
 extern const char* const embedded_extend_lua;
+extern const char* const embedded_spend_seed_lua;
 
 namespace {
 
@@ -40,16 +43,23 @@ const Script& script(int id) {
   static const Script scripts[] = {Script(embedded_admit_lua),   Script(embedded_settle_lua),
                                    Script(embedded_sync_lua),    Script(embedded_epoch_lua),
                                    Script(embedded_restore_lua), Script(embedded_sweep_lua),
-                                   Script(embedded_extend_lua)};
+                                   Script(embedded_extend_lua),  Script(embedded_spend_seed_lua)};
   return scripts[id];
 }
 
 }  // namespace
 
+namespace {
+std::atomic<std::int64_t> clock_offset_ms{0};
+}
+
 std::int64_t detail::now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch()).count();
+             std::chrono::system_clock::now().time_since_epoch()).count() +
+         clock_offset_ms.load(std::memory_order_relaxed);
 }
+
+void detail::set_clock_offset_for_tests(std::int64_t offset_ms) { clock_offset_ms = offset_ms; }
 
 std::int64_t detail::as_int(const RedisReply& r) { return r.type == RedisReply::Type::integer ? r.integer : 0; }
 
@@ -60,7 +70,8 @@ AccountKeys::AccountKeys(const std::string& a)
     : balance("tg:{" + a + "}:bal"), holds("tg:{" + a + "}:holds"), hold_amounts("tg:{" + a + "}:hamt"),
       pending("tg:{" + a + "}:pend"), committed("tg:{" + a + "}:done"), released("tg:{" + a + "}:rel") {}
 
-std::vector<Window> windows_for(const keys::KeyRecord& k, std::int64_t token_estimate) {
+std::vector<Window> windows_for(const keys::KeyRecord& k, std::int64_t token_estimate, pricing::Micros hold,
+                                std::int64_t now) {
   std::vector<Window> out;
   auto add = [&](const keys::Limits& l, const std::string& scope, const std::string& prefix) {
     struct Spec {
@@ -87,13 +98,33 @@ std::vector<Window> windows_for(const keys::KeyRecord& k, std::int64_t token_est
   };
   add(k.key_limits, "key", "tg:{" + k.user_id + "}:k:" + k.key_id + ":");
   add(k.account_limits, "account", "tg:{" + k.user_id + "}:a:");
+  // Spend limits: one window per calendar period, named by its start, so a request counts in
+  // the period it was admitted in (settle corrects that window, whenever it runs).
+  auto spend = [&](const keys::SpendLimit& l, const std::string& scope, const std::string& owner,
+                   const std::string& prefix) {
+    if (!l.set()) return;
+    const SpendPeriod p = spend_period(l.reset, now);
+    Window w;
+    w.key = fmt::format("{}spend:{}:{}", prefix, to_string(l.reset), p.start_ms);
+    w.name = scope + "_spend_limit";
+    w.spend = true;
+    w.limit = l.limit;
+    w.cost = hold;
+    w.period_start_ms = p.start_ms;
+    w.period_end_ms = p.end_ms;
+    w.spend_scope = scope;
+    w.spend_owner = owner;
+    out.push_back(std::move(w));
+  };
+  spend(k.key_spend, "key", k.key_id, "tg:{" + k.user_id + "}:k:" + k.key_id + ":");
+  spend(k.account_spend, "account", k.user_id, "tg:{" + k.user_id + "}:a:");
   return out;
 }
 
 Admitter::Admitter(boost::asio::any_io_executor ex, RedisConnection& redis, const AdmissionConfig& cfg,
-                   BalanceLoader load_balance, SettledFn on_settled, PendingCharges* pending)
+                   BalanceLoader load_balance, SettledFn on_settled, PendingCharges* pending, SpendLoader load_spend)
     : ex_(std::move(ex)), settle_timer_(ex_), tick_timer_(ex_), redis_(redis), cfg_(cfg),
-      load_balance_(std::move(load_balance)), on_settled_(std::move(on_settled)),
+      load_balance_(std::move(load_balance)), on_settled_(std::move(on_settled)), load_spend_(std::move(load_spend)),
       pending_(pending ? *pending : PendingCharges::process()) {
   boost::asio::co_spawn(ex_, tick(alive_), boost::asio::detached);
 }
@@ -126,7 +157,8 @@ void Admitter::release_unanswered(const std::string& account, const std::string&
   s.account = account;
   s.request_id = request_id;
   s.windows = a.windows;
-  for (auto& w : s.windows) w.bucket = sent_ms / std::max<std::int64_t>(1, w.window_ms / cfg_.buckets);  // as admit.lua
+  for (auto& w : s.windows)  // as admit.lua: a spend window's one bucket is 0
+    w.bucket = w.spend ? 0 : sent_ms / std::max<std::int64_t>(1, w.window_ms / cfg_.buckets);
   s.token_estimate = a.token_estimate;  // a hold that exists gets its token windows back
   s.release_only = true;
   settle(std::move(s));
@@ -197,12 +229,15 @@ boost::asio::awaitable<void> Admitter::settle_batch(std::vector<Settlement> batc
       args.emplace_back();
       int windows = 0;
       for (const auto& w : s.windows) {
-        if (!w.tokens) continue;
+        if (!w.tokens && !w.spend) continue;
         auto k = std::find(keys.begin() + 6, keys.end(), w.key);
         if (k == keys.end()) k = keys.insert(keys.end(), w.key);
         args.push_back(std::to_string(k - keys.begin() - 5));  // 1-based after the 6 account keys
         args.push_back(std::to_string(w.bucket));
-        args.push_back(std::to_string(s.actual_tokens - s.token_estimate));
+        // Token windows: from the estimate to the usage. Spend windows: from the hold to the
+        // charge (a release: the hold goes).
+        args.push_back(std::to_string(w.spend ? (s.release_only ? 0 : s.charge) - w.cost
+                                              : s.actual_tokens - s.token_estimate));
         ++windows;
       }
       args[count_at] = std::to_string(windows);

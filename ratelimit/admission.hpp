@@ -71,14 +71,21 @@ struct AdmissionConfig {
   int buckets = 60;                               ///< per window (see the bound above)
 };
 
-/// One sliding window that applies to a request.
+/// One window that applies to a request: a sliding window of requests or tokens, or a spend
+/// limit's calendar period (spend: limit and cost in credit units, 1e-6 USD).
 struct Window {
   std::string key;         ///< Redis hash key
-  std::string name;        ///< e.g. "key_requests_per_minute"
+  std::string name;        ///< e.g. "key_requests_per_minute", "key_spend_limit"
   bool tokens = false;     ///< a token window (else requests)
+  bool spend = false;      ///< a spend limit (keys::SpendLimit): counted in credit units
   std::int64_t limit = 0;
-  std::int64_t window_ms = 0;
-  std::int64_t cost = 0;   ///< 1 request, or the token estimate
+  std::int64_t window_ms = 0;  ///< sliding windows; a spend window: 0
+  std::int64_t cost = 0;   ///< 1 request, the token estimate, or the hold (spend)
+  /// A spend window's period, Unix ms (end INT64_MAX: it never resets); what Postgres is asked
+  /// for when Redis has no window for it yet.
+  std::int64_t period_start_ms = 0, period_end_ms = 0;
+  std::string spend_scope;  ///< "key" | "account"
+  std::string spend_owner;  ///< the api_keys.id or users.id it limits
   // Filled from the script's answer:
   std::int64_t remaining = 0;
   std::int64_t reset_ms = 0;
@@ -112,6 +119,12 @@ struct Admission {
 using BalanceLoader =
     std::function<boost::asio::awaitable<std::optional<std::pair<pricing::Micros, std::int64_t>>>(std::string)>;
 
+/// What Postgres says a key ("key", api_keys.id) or an account ("account", users.id) was charged
+/// (credit units) in usage rows created at or after `since_ms` (Unix ms). Throws when Postgres
+/// fails (the admission is then unavailable).
+using SpendLoader =
+    std::function<boost::asio::awaitable<pricing::Micros>(std::string scope, std::string owner, std::int64_t since_ms)>;
+
 /// One request to settle (phase 7): what settle.lua needs.
 struct Settlement {
   std::string account, request_id;
@@ -142,8 +155,10 @@ inline constexpr const char* epoch_key = "tg:epoch";
 inline constexpr const char* holds_due_key = "tg:holds-due";
 
 /// The windows that apply to a key: its own overrides and its account's limits
-/// (0 = unlimited, no window).
-std::vector<Window> windows_for(const keys::KeyRecord& key, std::int64_t token_estimate);
+/// (0 = unlimited, no window), then its spend limits (key, account) for the period containing
+/// `now_ms`, each costing `hold` credit units.
+std::vector<Window> windows_for(const keys::KeyRecord& key, std::int64_t token_estimate, pricing::Micros hold = 0,
+                                std::int64_t now_ms = 0);
 
 /// Admission and settle over one per-thread Redis connection. Not thread-safe.
 class Admitter {
@@ -152,8 +167,11 @@ class Admitter {
   /// Starts a periodic task on `ex` (every epoch_poll_interval): it checks the Redis epoch,
   /// sweeps due holds and sends settles Redis did not take again. `pending`: where settled,
   /// uncommitted charges are remembered (null: PendingCharges::process()).
+  /// `load_spend`: seeds a spend limit's window the first time Redis has none for its period
+  /// (none given: such windows start at 0 — tests only).
   Admitter(boost::asio::any_io_executor ex, RedisConnection& redis, const AdmissionConfig& cfg,
-           BalanceLoader load_balance, SettledFn on_settled = {}, PendingCharges* pending = nullptr);
+           BalanceLoader load_balance, SettledFn on_settled = {}, PendingCharges* pending = nullptr,
+           SpendLoader load_spend = {});
   ~Admitter();
   Admitter(const Admitter&) = delete;
   Admitter& operator=(const Admitter&) = delete;
@@ -295,6 +313,9 @@ class Admitter {
   const AdmissionConfig& cfg_;
   BalanceLoader load_balance_;
   SettledFn on_settled_;
+  SpendLoader load_spend_;
+  /// Seeds the spend windows `keys` (with their Window) from Postgres; false if that failed.
+  boost::asio::awaitable<bool> seed_spend(std::vector<Window> windows);
   PendingCharges& pending_;
   std::string epoch_;                 ///< the epoch our holds are registered under
   std::int64_t fence_until_ms_ = 0;   ///< Unix ms
@@ -328,7 +349,8 @@ enum ScriptId {
   script_epoch = 3,
   script_restore = 4,
   script_sweep = 5,
-  script_extend = 6
+  script_extend = 6,
+  script_spend_seed = 7
 };
 const std::string& script_source(int id);
 const std::string& script_sha(int id);

@@ -40,7 +40,7 @@ boost::asio::awaitable<Admission> Admitter::admit(const keys::KeyRecord& key, co
   call->hold = hold;
   call->overdraft = key.overdraft_micros;
   call->result.token_estimate = token_estimate;
-  call->result.windows = windows_for(key, token_estimate);
+  call->result.windows = windows_for(key, token_estimate, hold, now_ms());
   if (refused_locally(call->result)) co_return std::move(call->result);
   const std::string account = key.user_id;
   auto& queue = admit_queues_[account];
@@ -59,7 +59,7 @@ boost::asio::awaitable<Admission> Admitter::admit(const keys::KeyRecord& key, co
 
 namespace {
 /// Reads a request's answer from admit.lua into its Admission; false if malformed.
-bool read_verdict(const RedisReply& r, Admission& a, bool& uncached) {
+bool read_verdict(const RedisReply& r, Admission& a, bool& uncached, int& unseeded) {
   if (r.type != RedisReply::Type::array || r.elements.size() != 3 + 3 * a.windows.size()) return false;
   const auto& e = r.elements;
   for (std::size_t i = 0; i < a.windows.size(); ++i) {
@@ -68,6 +68,7 @@ bool read_verdict(const RedisReply& r, Admission& a, bool& uncached) {
     a.windows[i].bucket = as_int(e[5 + 3 * i]);
   }
   uncached = false;
+  unseeded = -1;
   switch (as_int(e[0])) {
     case 0:
       a.verdict = Verdict::admitted;
@@ -88,6 +89,9 @@ bool read_verdict(const RedisReply& r, Admission& a, bool& uncached) {
     case 4:  // released already (answered 503 before Redis ran it)
       a.verdict = Verdict::unavailable;
       return true;
+    case 5:  // a spend window Redis has no count for yet: seeded from Postgres, then again
+      unseeded = static_cast<int>(as_int(e[1])) - 1;
+      return unseeded >= 0 && static_cast<std::size_t>(unseeded) < a.windows.size() && a.windows[unseeded].spend;
     default:
       return false;
   }
@@ -118,6 +122,7 @@ boost::asio::awaitable<void> Admitter::run_batch(std::string account) {
   try {
     AccountKeys ak(account);
     bool balance_loaded = false, recovered = false;
+    int seed_rounds = 0;  // a request has at most two spend windows (key, account)
     while (!todo.empty()) {
       if (verify_epoch_ && !epoch_.empty()) co_await poll_epoch();  // after a connection problem
       co_await wait_fence();
@@ -137,8 +142,13 @@ boost::asio::awaitable<void> Admitter::run_batch(std::string account) {
           auto [at, fresh] = window_index.try_emplace(w.key, window_index.size() + 1);
           if (fresh) {
             keys.push_back(w.key);
-            args.push_back(std::to_string(w.window_ms));
-            args.push_back(std::to_string(cfg_.buckets));
+            if (w.spend) {  // a calendar period: its end (0: never), and no buckets
+              args.push_back(std::to_string(w.period_end_ms == INT64_MAX ? 0 : w.period_end_ms));
+              args.push_back("0");
+            } else {
+              args.push_back(std::to_string(w.window_ms));
+              args.push_back(std::to_string(cfg_.buckets));
+            }
           }
           requests.push_back(std::to_string(at->second));
           requests.push_back(std::to_string(w.limit));
@@ -170,13 +180,20 @@ boost::asio::awaitable<void> Admitter::run_batch(std::string account) {
           for (AdmitCall* c : todo) release_unanswered(account, c->request_id, sent_at, c->result);
         break;
       }
-      std::vector<AdmitCall*> uncached;
+      std::vector<AdmitCall*> uncached, unseeded;
+      std::vector<Window> to_seed;
       for (std::size_t i = 0; i < todo.size(); ++i) {
         bool not_cached = false;
+        int unseeded_window = -1;
         Admission& a = todo[i]->result;
-        if (!read_verdict(reply.elements[i], a, not_cached)) {
+        if (!read_verdict(reply.elements[i], a, not_cached, unseeded_window)) {
           spdlog::error("admission script: unexpected reply for {}", todo[i]->request_id);
           a.verdict = Verdict::unavailable;
+        } else if (unseeded_window >= 0) {
+          unseeded.push_back(todo[i]);
+          const Window& w = a.windows[static_cast<std::size_t>(unseeded_window)];
+          if (std::none_of(to_seed.begin(), to_seed.end(), [&](const Window& x) { return x.key == w.key; }))
+            to_seed.push_back(w);
         } else if (not_cached) {
           uncached.push_back(todo[i]);
         } else if (a.verdict == Verdict::rate_limited) {
@@ -188,6 +205,24 @@ boost::asio::awaitable<void> Admitter::run_batch(std::string account) {
           a.request_id = todo[i]->request_id;
           a.extend_at_ms = sent_at + cfg_.hold_ttl.count() / 3;
         }
+      }
+      if (!unseeded.empty()) {
+        // Seeded once per window, then decided again with the others still waiting; a request
+        // whose spend window could not be seeded gets no verdict (unavailable).
+        if (++seed_rounds > 2 || !co_await seed_spend(std::move(to_seed))) {
+          for (AdmitCall* c : unseeded) c->result.verdict = Verdict::unavailable;
+          unseeded.clear();
+        }
+        if (!uncached.empty() && !balance_loaded) {
+          balance_loaded = true;
+          const BalanceLoad loaded = co_await cache_balance(account);
+          if (loaded == BalanceLoad::unknown_account)
+            for (AdmitCall* c : uncached) c->result.verdict = Verdict::insufficient_balance;
+          if (loaded != BalanceLoad::cached) uncached.clear();
+        }
+        uncached.insert(uncached.end(), unseeded.begin(), unseeded.end());
+        todo = std::move(uncached);
+        continue;
       }
       todo = std::move(uncached);
       if (todo.empty() || balance_loaded) break;
@@ -254,6 +289,24 @@ boost::asio::awaitable<Admitter::BalanceLoad> Admitter::load_balance_into_redis(
 }
 
 
+boost::asio::awaitable<bool> Admitter::seed_spend(std::vector<Window> windows) {
+  for (const Window& w : windows) {
+    pricing::Micros charged = 0;
+    try {
+      if (load_spend_) charged = co_await load_spend_(w.spend_scope, w.spend_owner, w.period_start_ms);
+    } catch (const std::exception& e) {
+      spdlog::error("admission: reading what the {} spent this period failed: {}", w.spend_scope, e.what());
+      co_return false;
+    }
+    std::vector<std::string> seed_keys{w.key};
+    std::vector<std::string> seed_args{std::to_string(charged),
+                                       std::to_string(w.period_end_ms == INT64_MAX ? 0 : w.period_end_ms)};
+    auto [ec, reply] = co_await eval(script_spend_seed, seed_keys, seed_args);
+    if (ec || reply.is_error()) co_return false;
+  }
+  co_return true;
+}
+
 // ------------------------------------------------------------------ windows Redis reported full
 
 bool Admitter::refused_locally(Admission& a) {
@@ -261,7 +314,7 @@ bool Admitter::refused_locally(Admission& a) {
   const std::int64_t now = now_ms();
   for (std::size_t i = 0; i < a.windows.size(); ++i) {
     const Window& w = a.windows[i];
-    if (w.tokens) continue;
+    if (w.tokens || w.spend) continue;
     auto it = full_windows_.find(w.key);
     if (it == full_windows_.end()) continue;
     const FullWindow& full = it->second;
@@ -290,7 +343,7 @@ bool Admitter::refused_locally(Admission& a) {
 
 void Admitter::remember_full(const Admission& a, std::int64_t sent_at) {
   const Window& w = a.windows.at(static_cast<std::size_t>(a.limited));
-  if (w.tokens || w.cost != 1 || a.retry_after_ms <= 0) return;  // token windows shrink at settle
+  if (w.tokens || w.spend || w.cost != 1 || a.retry_after_ms <= 0) return;  // they shrink at settle
   if (full_windows_.size() >= full_windows_max) {
     const std::int64_t now = now_ms();
     std::erase_if(full_windows_, [now](const auto& kv) { return kv.second.until_ms <= now; });

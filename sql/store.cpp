@@ -38,7 +38,9 @@ std::optional<keys::KeyRecord> lookup_key(PgConn& db, const std::string& key_has
       " coalesce(r.requests_per_minute, 0), coalesce(r.requests_per_hour, 0),"
       " coalesce(r.requests_per_day, 0), coalesce(r.tokens_per_minute, 0),"
       " coalesce(r.max_tokens_per_request, 0),"
-      " coalesce((b.overdraft_usd * 1000000)::bigint, 0)"
+      " coalesce((b.overdraft_usd * 1000000)::bigint, 0),"
+      " coalesce((k.spend_limit_usd * 1000000)::bigint, -1), k.limit_reset,"
+      " coalesce((r.spend_limit_usd * 1000000)::bigint, -1), coalesce(r.limit_reset, 'never')"
       " FROM api_keys k LEFT JOIN rate_limits r ON r.user_id = k.user_id"
       " LEFT JOIN balances b ON b.user_id = k.user_id WHERE k.key_hash = $1",
       {key_hash});
@@ -52,7 +54,24 @@ std::optional<keys::KeyRecord> lookup_key(PgConn& db, const std::string& key_has
   k.key_limits = {r.i64(0, 5), r.i64(0, 6), r.i64(0, 7), r.i64(0, 8), r.i64(0, 9)};
   k.account_limits = {r.i64(0, 10), r.i64(0, 11), r.i64(0, 12), r.i64(0, 13), r.i64(0, 14)};
   k.overdraft_micros = r.i64(0, 15);
+  auto reset = [](const std::string& s) {
+    using keys::LimitReset;
+    return s == "daily" ? LimitReset::daily : s == "weekly" ? LimitReset::weekly
+                                            : s == "monthly" ? LimitReset::monthly : LimitReset::never;
+  };
+  k.key_spend = {r.i64(0, 16), reset(r.str(0, 17))};
+  k.account_spend = {r.i64(0, 18), reset(r.str(0, 19))};
   return k;
+}
+
+pricing::Micros charged_since(PgConn& db, const std::string& scope, const std::string& owner, std::int64_t since_ms) {
+  const char* sql = scope == "key"
+                        ? "SELECT (coalesce(sum(credits_deducted), 0) * 1000000)::bigint FROM usage_logs"
+                          " WHERE api_key_id = $1::uuid AND created_at >= to_timestamp($2::bigint / 1000.0)"
+                        : "SELECT (coalesce(sum(credits_deducted), 0) * 1000000)::bigint FROM usage_logs"
+                          " WHERE user_id = $1::uuid AND created_at >= to_timestamp($2::bigint / 1000.0)";
+  auto r = db.exec(sql, {owner, std::to_string(since_ms)});
+  return r.i64(0, 0);
 }
 
 pricing::PricingSnapshotPtr load_pricing(PgConn& db) {

@@ -9,15 +9,19 @@
 -- KEYS[4] released zset request_id -> when (settle.lua: admissions answered 503, released)
 -- KEYS[5] the Redis epoch string (epoch.lua), KEYS[6] the holds-due zset account -> earliest
 --         expiry of its holds (sweep.lua)
--- KEYS[6+j] window j hash {t = total, o = oldest live bucket, <bucket index> = count}
--- ARGV: now_ms, hold_ttl_ms, epoch, account, n_windows, then per window j: window_ms, buckets,
+-- KEYS[6+j] window j hash {t = total, o = oldest live bucket, <bucket index> = count}; a spend
+--         limit's window (buckets = 0) is one calendar period: {t = total, 0 = the same}, made
+--         by spend_seed.lua from Postgres (until then: status 5)
+-- ARGV: now_ms, hold_ttl_ms, epoch, account, n_windows, then per window j: window_ms, buckets
+--       (a spend window: its period's end in Unix ms, 0 = never ends; and 0),
 --       then per request: request_id, hold, overdraft, m, then m times: window j, limit, cost
 -- Returns one array per request: {status, detail, retry_after_ms, then per window of the
 -- request: remaining, reset_ms, bucket}
 --   status 0 admitted (detail = available after the hold) | 1 rate limited (detail = index of
 --          the window among the request's) | 2 insufficient balance (detail = available) |
 --          3 balance not cached | 4 released already (its instance answered 503 and released
---          it by request id before this ran: no hold)
+--          it by request id before this ran: no hold) | 5 a spend window not seeded (detail =
+--          the index of the window among the request's)
 -- or the error "TGEPOCH <epoch>" (nothing done) when the Redis epoch is not the caller's: Redis
 -- lost its state (restart without persistence, FLUSHALL, failover) or the caller has not yet
 -- re-registered its holds under this epoch.
@@ -34,6 +38,12 @@ local wins = {}
 for j = 1, nwin do
   local a = 5 + (j - 1) * 2
   local w = {key = KEYS[6 + j], win = tonumber(ARGV[a + 1]), nb = tonumber(ARGV[a + 2]), added = 0, counts = {}}
+  if w.nb == 0 then
+    -- A spend limit's calendar period: one bucket (0) and its total; none before it is seeded.
+    local t = redis.call('HGET', w.key, 't')
+    w.period, w.seeded, w.total, w.cur, w.oldest = true, t ~= false, tonumber(t) or 0, 0, 0
+    wins[j] = w
+  else
   w.g = math.floor(w.win / w.nb)
   w.cur = math.floor(now / w.g)
   local lo = w.cur - w.nb            -- buckets lo..cur are counted (nb + 1 of them)
@@ -61,6 +71,7 @@ for j = 1, nwin do
   end
   w.oldest = oldest
   wins[j] = w
+  end
 end
 
 -- A bucket's count, including what this batch added to the current one.
@@ -76,6 +87,7 @@ end
 
 -- When enough of the oldest buckets leave the window for `cost` to fit (never, if cost > limit).
 local function retry_after(w, limit, cost)
+  if w.period then return w.win > 0 and w.win - now or 0 end  -- when the period ends
   if cost > limit then return w.win end
   local need, freed = w.total + cost - limit, 0
   for b = w.oldest, w.cur do
@@ -116,6 +128,12 @@ while i <= #ARGV do
   local status, detail, retry = 0, 0, 0
   if released and redis.call('ZSCORE', KEYS[4], rid) then status = 4 end
   for k = 1, status == 0 and m or 0 do
+    if rw[k].w.period and not rw[k].w.seeded then
+      status, detail = 5, k
+      break
+    end
+  end
+  for k = 1, status == 0 and m or 0 do
     local x = rw[k]
     if x.w.total + x.cost > x.limit then
       status, detail, retry = 1, k, retry_after(x.w, x.limit, x.cost)
@@ -148,7 +166,11 @@ while i <= #ARGV do
     local remaining = x.limit - x.w.total
     if remaining < 0 then remaining = 0 end
     r[#r + 1] = remaining
-    r[#r + 1] = (x.w.cur + x.w.nb + 1) * x.w.g - now
+    if x.w.period then
+      r[#r + 1] = x.w.win > 0 and x.w.win - now or 0
+    else
+      r[#r + 1] = (x.w.cur + x.w.nb + 1) * x.w.g - now
+    end
     r[#r + 1] = x.w.cur
   end
   out[#out + 1] = r
@@ -159,10 +181,17 @@ end
 -- added.)
 for j = 1, nwin do
   local w = wins[j]
+  if w.period then
+    if w.added > 0 then
+      redis.call('HINCRBY', w.key, 0, w.added)
+      redis.call('HINCRBY', w.key, 't', w.added)
+    end
+  else
   if w.added > 0 then redis.call('HINCRBY', w.key, w.cur, w.added) end
   if w.added > 0 or w.changed then
     redis.call('HSET', w.key, 't', w.total, 'o', w.oldest)
     redis.call('PEXPIRE', w.key, w.win + 2 * w.g)
+  end
   end
 end
 if held_changed then redis.call('HSET', KEYS[1], 'held', held) end
