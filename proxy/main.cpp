@@ -226,13 +226,24 @@ int main(int argc, char** argv) {
   auto* keys_cmd = cli.add_subcommand("keys", "Manage API keys")->require_subcommand(1);
   std::optional<std::string> key_name;
   int expires_in = 0;
+  std::string key_ref;
   auto* keys_create = keys_cmd->add_subcommand("create", "Create an API key (printed once)");
   keys_create->add_option("ACCOUNT", account, "Account id or email")->required();
   keys_create->add_option("--name", key_name, "A name for the key");
   keys_create->add_option("--expires-in", expires_in, "Days until the key expires")->check(CLI::PositiveNumber);
+  std::optional<std::string> limit_usd;
+  std::string limit_reset = "never";
+  const auto resets = CLI::IsMember({"daily", "weekly", "monthly", "never"});
+  keys_create->add_option("--limit", limit_usd, "Spend limit in USD per period (default: none)");
+  keys_create->add_option("--limit-reset", limit_reset, "When the limit starts over: daily, weekly, monthly (UTC) or never")
+      ->check(resets);
+  auto* keys_set_limit = keys_cmd->add_subcommand("set-limit", "Set or remove a key's spend limit");
+  keys_set_limit->add_option("KEY_ID_OR_PREFIX", key_ref)->required();
+  keys_set_limit->add_option("USD", limit_usd, "Spend limit in USD per period, or 'none'")->required();
+  keys_set_limit->add_option("--limit-reset", limit_reset, "daily, weekly, monthly (UTC) or never (default)")
+      ->check(resets);
   auto* keys_list = keys_cmd->add_subcommand("list", "List an account's keys");
   keys_list->add_option("ACCOUNT", account, "Account id or email")->required();
-  std::string key_ref;
   auto* keys_revoke = keys_cmd->add_subcommand("revoke", "Revoke a key");
   keys_revoke->add_option("KEY_ID_OR_PREFIX", key_ref)->required();
 
@@ -269,6 +280,7 @@ int main(int argc, char** argv) {
     } else if (keys_create->parsed()) {
       auto user = sql::resolve_account(db, account);
       auto k = sql::create_key(db, user, key_name, expires_in);
+      if (limit_usd) sql::set_key_spend_limit(db, k.key_id, limit_usd, limit_reset);
       fmt::print("{}\n", k.raw_key);
       fmt::print(stderr, "key id {} ({}…): store it now, it is not shown again\n", k.key_id, k.display_prefix);
     } else if (keys_list->parsed()) {
@@ -277,6 +289,11 @@ int main(int argc, char** argv) {
       for (const auto& k : sql::list_keys(db, user))
         fmt::print("{:<36}  {:<14} {:<8} {:<20} {:<20} {}\n", k.key_id, k.key_prefix, k.status, k.last_used_at,
                    k.expires_at, k.name);
+    } else if (keys_set_limit->parsed()) {
+      std::optional<std::string> usd = limit_usd == "none" ? std::nullopt : limit_usd;
+      if (sql::set_key_spend_limit(db, key_ref, usd, limit_reset) == 0)
+        throw std::invalid_argument("no such key: " + key_ref);
+      fmt::print("limit of {} set: {}\n", key_ref, usd ? "$" + *usd + " " + limit_reset : std::string("none"));
     } else if (keys_revoke->parsed()) {
       if (sql::revoke_key(db, key_ref) == 0) throw std::invalid_argument("no such key: " + key_ref);
       fmt::print("revoked {}\n", key_ref);

@@ -183,12 +183,37 @@ std::vector<KeyListing> list_keys(PgConn& db, const std::string& user_id) {
   return out;
 }
 
-int revoke_key(PgConn& db, const std::string& id_or_prefix) {
+namespace {
+/// The id of the one key whose id or display prefix is `id_or_prefix`; nullopt when none.
+std::optional<std::string> find_key_id(PgConn& db, const std::string& id_or_prefix, std::string_view what) {
   auto matches = db.exec("SELECT id FROM api_keys WHERE id::text = $1 OR key_prefix = $1", {id_or_prefix});
   if (matches.rows() > 1)
-    throw std::invalid_argument("prefix " + id_or_prefix + " matches several keys; revoke by id");
-  if (matches.rows() == 0) return 0;
-  db.exec("UPDATE api_keys SET is_active = false WHERE id = $1", {matches.str(0, 0)});
+    throw std::invalid_argument("prefix " + id_or_prefix + " matches several keys; " + std::string(what) + " by id");
+  if (matches.rows() == 0) return std::nullopt;
+  return matches.str(0, 0);
+}
+}  // namespace
+
+int revoke_key(PgConn& db, const std::string& id_or_prefix) {
+  auto id = find_key_id(db, id_or_prefix, "revoke");
+  if (!id) return 0;
+  db.exec("UPDATE api_keys SET is_active = false WHERE id = $1", {*id});
+  return 1;
+}
+
+int set_key_spend_limit(PgConn& db, const std::string& id_or_prefix, const std::optional<std::string>& usd,
+                        const std::string& reset) {
+  if (reset != "daily" && reset != "weekly" && reset != "monthly" && reset != "never")
+    throw std::invalid_argument("limit reset must be daily, weekly, monthly or never, not " + reset);
+  if (usd && !pricing::parse_decimal(*usd, 6)) throw std::invalid_argument("not a USD amount: " + *usd);
+  auto id = find_key_id(db, id_or_prefix, "set its limit");
+  if (!id) return 0;
+  try {
+    db.exec("UPDATE api_keys SET spend_limit_usd = $2::numeric, limit_reset = $3 WHERE id = $1",
+            {*id, usd ? std::optional<std::string_view>(*usd) : std::nullopt, reset});
+  } catch (const PgError& e) {
+    throw std::invalid_argument("the limit must be 0 or more USD: " + std::string(e.what()));
+  }
   return 1;
 }
 

@@ -69,6 +69,13 @@ std::vector<KeyListing> list_keys(PgConn& db, const std::string& user_id);
 /// (0 = none matched; a prefix matching several keys throws std::invalid_argument).
 int revoke_key(PgConn& db, const std::string& id_or_prefix);
 
+/// Sets a key's spend limit (USD, decimal string; nullopt: none) and when it starts over
+/// ("daily" | "weekly" | "monthly" | "never", calendar UTC). Returns how many keys changed (0:
+/// none matched). Every instance drops the key from its cache (NOTIFY); the new limit applies
+/// to the next request. Throws std::invalid_argument for a bad amount or reset.
+int set_key_spend_limit(PgConn& db, const std::string& id_or_prefix, const std::optional<std::string>& usd,
+                        const std::string& reset);
+
 /// Inserts or updates a model price (USD per token, decimal strings).
 void upsert_model_price(PgConn& db, const std::string& model, const std::string& prompt_usd,
                         const std::string& completion_usd, std::int64_t context_length);
