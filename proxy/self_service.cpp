@@ -43,6 +43,7 @@ std::string json_bool(bool b) { return b ? "true" : "false"; }
 
 std::string usd_number(pricing::Micros v) {
   std::string s = pricing::format_micros(v);  // "12.000340": always 6 fraction digits
+  if (s.find('.') == std::string::npos) return s;
   while (s.back() == '0') s.pop_back();
   if (s.back() == '.') s.pop_back();
   return s == "-0" ? "0" : s;

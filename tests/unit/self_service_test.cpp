@@ -67,6 +67,8 @@ TEST_CASE("usd_number: exact credit units as a JSON number in USD", "[self_servi
   CHECK(usd_number(123'456'789) == "123.456789");
   CHECK(usd_number(-20'000) == "-0.02");
   CHECK(usd_number(7'000'000) == "7");
+  CHECK(usd_number(10'000'000) == "10");  // integer zeros stay
+  CHECK(usd_number(100'000'000'000) == "100000");
 }
 
 TEST_CASE("rate_limit: the stricter of key and account, shortest interval that has one", "[self_service]") {
