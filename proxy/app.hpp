@@ -66,6 +66,9 @@ struct App {
   /// A graceful stop has begun (SIGTERM): responses say `Connection: close`, and streams cut at
   /// the drain deadline say so in their error event.
   std::atomic<bool> stopping{false};
+  /// The self-service endpoints' reports (GET /api/v1/key, …; Postgres). Set after
+  /// construction (main.cpp); null: those endpoints answer 503.
+  AccountSource* accounts = nullptr;
 };
 
 }  // namespace tollgate

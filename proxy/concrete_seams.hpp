@@ -1,9 +1,11 @@
 #pragma once
-// The production side of the request path's seams (proxy/seams.hpp): API keys and balances
-// from Postgres through the lookup pool, admission through this thread's Redis Admitter.
+// The production side of the request path's seams (proxy/seams.hpp): API keys, balances and
+// the self-service reports from Postgres through the lookup pool, admission through this
+// thread's Redis Admitter.
 // Wired by main.cpp and server.cpp.
 #include "proxy/lookup_pool.hpp"
 #include "proxy/seams.hpp"
+#include "sql/account_queries.hpp"
 #include "sql/store.hpp"
 
 namespace tollgate {
@@ -19,6 +21,31 @@ class PgKeySource final : public KeySource {
   }
   boost::asio::awaitable<std::optional<pricing::Micros>> balance(std::string account) override {
     auto query = [user = std::move(account)](sql::PgConn& db) { return sql::balance_of(db, user); };
+    co_return co_await lookups_.run(query);
+  }
+
+ private:
+  LookupPool& lookups_;
+};
+
+/// AccountSource over Postgres (sql/account_queries.hpp), each query on the lookup pool's threads.
+class PgAccountSource final : public AccountSource {
+ public:
+  explicit PgAccountSource(LookupPool& lookups) : lookups_(lookups) {}
+  boost::asio::awaitable<std::optional<sql::KeyUsage>> key_usage(std::string key_id, std::string account) override {
+    auto query = [key = std::move(key_id), user = std::move(account)](sql::PgConn& db) {
+      return sql::key_usage(db, key, user);
+    };
+    co_return co_await lookups_.run(query);
+  }
+  boost::asio::awaitable<sql::AccountCredits> credits(std::string account) override {
+    auto query = [user = std::move(account)](sql::PgConn& db) { return sql::account_credits(db, user); };
+    co_return co_await lookups_.run(query);
+  }
+  boost::asio::awaitable<std::optional<sql::Generation>> generation(std::string account, std::string id) override {
+    auto query = [user = std::move(account), gid = std::move(id)](sql::PgConn& db) {
+      return sql::find_generation(db, user, gid);
+    };
     co_return co_await lookups_.run(query);
   }
 

@@ -29,7 +29,7 @@ Step fail(const RequestCtx& ctx, int status, std::string_view message, std::stri
 std::span<const EndpointRoute> endpoint_routes() {
   using enum AuthPolicy;
   using wire::Endpoint;
-  static const std::array<EndpointRoute, 8> rows{{
+  static const std::array<EndpointRoute, 15> rows{{
       {http::verb::post, "/v1/chat/completions", api_key, proxy_generation, &openai_dialect(),
        Endpoint::chat_completions, "/chat/completions"},
       {http::verb::post, "/v1/completions", api_key, proxy_generation, &openai_dialect(), Endpoint::completions,
@@ -44,6 +44,15 @@ std::span<const EndpointRoute> endpoint_routes() {
        Endpoint::images_generations, "/images/generations"},
       {http::verb::get, "/v1/models", api_key, list_models, &openai_dialect(), {}, {}},
       {http::verb::get, "/v1/models/", api_key, retrieve_model, &openai_dialect(), {}, {}},
+      // OpenRouter's self-service endpoints, under its /api/v1 base and under /v1 for clients
+      // whose base URL ends in /v1 (proxy/self_service.cpp).
+      {http::verb::get, "/api/v1/key", api_key, key_info, &openai_dialect(), {}, {}},
+      {http::verb::get, "/api/v1/auth/key", api_key, key_info, &openai_dialect(), {}, {}},  // its older name
+      {http::verb::get, "/api/v1/credits", api_key, credits_info, &openai_dialect(), {}, {}},
+      {http::verb::get, "/api/v1/generation", api_key, generation_info, &openai_dialect(), {}, {}},
+      {http::verb::get, "/v1/key", api_key, key_info, &openai_dialect(), {}, {}},
+      {http::verb::get, "/v1/credits", api_key, credits_info, &openai_dialect(), {}, {}},
+      {http::verb::get, "/v1/generation", api_key, generation_info, &openai_dialect(), {}, {}},
   }};
   return rows;
 }

@@ -2,7 +2,8 @@
 // The endpoint table: method, path, authentication policy, API dialect and handler of every
 // URL tollgate serves on its client listener. A new endpoint is one row here plus its handler
 // (a function of the phase shape, proxy/phase.hpp). The Stripe webhook (authenticated by its
-// signature) and OpenRouter's /api/v1/* endpoints become rows with their own policy.
+// signature) becomes a row with its own policy; OpenRouter's /api/v1/* self-service endpoints
+// are rows authenticated by the caller's own key (proxy/self_service.cpp).
 #include "proxy/phase.hpp"
 
 #include <boost/beast/http/verb.hpp>
@@ -47,5 +48,13 @@ net::awaitable<Step> proxy_generation(Pipe& p, RequestCtx& ctx);
 net::awaitable<Step> list_models(Pipe& p, RequestCtx& ctx);
 /// GET /v1/models/{id}: one entry of the list, or a 404.
 net::awaitable<Step> retrieve_model(Pipe& p, RequestCtx& ctx);
+/// GET /api/v1/key (also /api/v1/auth/key, /v1/key): the caller's key, its spend limit and its
+/// charges (proxy/self_service.hpp key_body); 503 when Postgres cannot answer.
+net::awaitable<Step> key_info(Pipe& p, RequestCtx& ctx);
+/// GET /api/v1/credits (also /v1/credits): the key's account's total credits and usage.
+net::awaitable<Step> credits_info(Pipe& p, RequestCtx& ctx);
+/// GET /api/v1/generation?id=… (also /v1/generation): the account's usage row with that request
+/// id or generation id; 400 without an id, 404 when it is not (yet) there or another account's.
+net::awaitable<Step> generation_info(Pipe& p, RequestCtx& ctx);
 
 }  // namespace tollgate

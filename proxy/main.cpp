@@ -165,6 +165,8 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file,
   auto tls = make_upstream_tls_context();
   PgKeySource key_source(lookups);
   App app{cfg, key_cache, key_filter, pricing, key_source, lookups, usage, intents, tls, routes, circuits, {}};
+  PgAccountSource account_source(lookups);
+  app.accounts = &account_source;
   Server server(app);
   server.settle(std::move(recovered_holds));  // the interrupted requests' holds leave Redis
 

@@ -2,12 +2,14 @@
 // The request path's external seams, each a narrow interface (DESIGN.md: "every external seam
 // behind a narrow interface"). main.cpp and server.cpp wire the concrete classes — Postgres
 // (PgKeySource), Redis (RedisAdmission over ratelimit::Admitter), the usage writer
-// (sql::UsageWriter) and the per-thread upstream pools (UpstreamPools); the request-path unit
+// (sql::UsageWriter), the per-thread upstream pools (UpstreamPools) and the self-service
+// reports (PgAccountSource); the request-path unit
 // tests (tests/unit/request_path_test.cpp) wire fakes.
 #include "keys/key_cache.hpp"
 #include "pricing/money.hpp"
 #include "ratelimit/admission.hpp"
 #include "routing/route_table.hpp"
+#include "sql/account_queries.hpp"
 
 #include <boost/asio/awaitable.hpp>
 
@@ -29,6 +31,22 @@ class KeySource {
   /// The account's balance in credit units (1e-6 USD), or nullopt when there is no account.
   /// Only used when admission (Redis) is off or fails open.
   virtual boost::asio::awaitable<std::optional<pricing::Micros>> balance(std::string account) = 0;
+};
+
+/// What the self-service endpoints report (GET /api/v1/key, /credits, /generation;
+/// proxy/self_service.cpp), read from Postgres off the event loop. Amounts in credit units
+/// (1e-6 USD), always the customer's charges, never the operator's cost. Every call may throw
+/// (std::exception) when the source cannot answer; the caller answers 503.
+class AccountSource {
+ public:
+  virtual ~AccountSource() = default;
+  /// The key `key_id` of account `account` with its charges (all time, this UTC day, ISO week,
+  /// month, and its limit period); nullopt when the key is gone.
+  virtual boost::asio::awaitable<std::optional<sql::KeyUsage>> key_usage(std::string key_id, std::string account) = 0;
+  /// The account's total credits and total usage (sql::AccountCredits).
+  virtual boost::asio::awaitable<sql::AccountCredits> credits(std::string account) = 0;
+  /// The account's committed usage row with request id or generation id `id`; nullopt: none.
+  virtual boost::asio::awaitable<std::optional<sql::Generation>> generation(std::string account, std::string id) = 0;
 };
 
 /// Admission (Redis): the sliding-window rate limits and the balance hold of one request in

@@ -26,6 +26,29 @@ net::awaitable<std::optional<pricing::Micros>> FakeKeySource::balance(std::strin
   co_return it->second;
 }
 
+net::awaitable<std::optional<sql::KeyUsage>> FakeAccountSource::key_usage(std::string key_id, std::string account) {
+  asked.push_back("key_usage " + account + " " + key_id);
+  if (fail) throw std::runtime_error("account source down");
+  auto it = keys.find(key_id);
+  if (it == keys.end()) co_return std::nullopt;
+  co_return it->second;
+}
+
+net::awaitable<sql::AccountCredits> FakeAccountSource::credits(std::string account) {
+  asked.push_back("credits " + account);
+  if (fail) throw std::runtime_error("account source down");
+  auto it = credits_of.find(account);
+  co_return it == credits_of.end() ? sql::AccountCredits{} : it->second;
+}
+
+net::awaitable<std::optional<sql::Generation>> FakeAccountSource::generation(std::string account, std::string id) {
+  asked.push_back("generation " + account + " " + id);
+  if (fail) throw std::runtime_error("account source down");
+  for (const auto& [owner, g] : generations)
+    if (owner == account && (g.request_id == id || g.id == id)) co_return g;
+  co_return std::nullopt;
+}
+
 net::awaitable<ratelimit::Admission> FakeAdmission::admit(const keys::KeyRecord&, const std::string& request_id,
                                                           pricing::Micros, std::int64_t tokens) {
   ratelimit::Admission a;
@@ -303,6 +326,7 @@ Harness::Harness(Options o) : opt(std::move(o)), cfg(make_config(opt)), circuits
   routes.store(routing::build_route_table(ups, rs, def, circuits));
   app.reset(new App{cfg, key_cache, key_filter, pricing, key_source, lookups, usage, *intents, tls, routes, circuits,
                     {}});  // aggregate, not movable: as main.cpp builds it
+  app->accounts = &accounts;
   if (opt.admission) tc.admission = &admission;
 }
 
@@ -326,6 +350,20 @@ std::string Harness::add_key(bool active, std::int64_t max_tokens_per_request) {
   r.key_prefix = k.display_prefix;
   r.is_active = active;
   r.key_limits.max_tokens_per_request = max_tokens_per_request;
+  key_source.keys[k.hash_hex] = r;
+  key_filter.add(k.hash_hex);
+  return k.raw;
+}
+
+std::string Harness::add_key_of(const std::string& account, keys::Limits key_limits, keys::Limits account_limits) {
+  auto k = keys::generate_key();
+  keys::KeyRecord r;
+  r.key_id = "key-" + k.hash_hex.substr(0, 8);
+  r.user_id = account;
+  r.key_prefix = k.display_prefix;
+  r.is_active = true;
+  r.key_limits = key_limits;
+  r.account_limits = account_limits;
   key_source.keys[k.hash_hex] = r;
   key_filter.add(k.hash_hex);
   return k.raw;

@@ -50,6 +50,19 @@ struct FakeKeySource final : KeySource {
   net::awaitable<std::optional<pricing::Micros>> balance(std::string account) override;
 };
 
+/// The self-service reports from maps; `fail` makes every call throw (Postgres down). The
+/// generation lookup matches a row of the asking account by request id or generation id.
+struct FakeAccountSource final : AccountSource {
+  std::map<std::string, sql::KeyUsage> keys;               ///< by key id
+  std::map<std::string, sql::AccountCredits> credits_of;   ///< by account
+  std::vector<std::pair<std::string, sql::Generation>> generations;  ///< (account, row)
+  bool fail = false;
+  std::vector<std::string> asked;  ///< "<call> <account> [<key id or generation id>]", in order
+  net::awaitable<std::optional<sql::KeyUsage>> key_usage(std::string key_id, std::string account) override;
+  net::awaitable<sql::AccountCredits> credits(std::string account) override;
+  net::awaitable<std::optional<sql::Generation>> generation(std::string account, std::string id) override;
+};
+
 /// Scripted verdicts (admitted when the script is empty); remembers admissions and settles.
 struct FakeAdmission final : AdmissionPort {
   std::deque<ratelimit::Admission> script;
@@ -222,6 +235,7 @@ class Harness {
   keys::KeyFilter key_filter;
   std::atomic<pricing::PricingSnapshotPtr> pricing;
   FakeKeySource key_source;
+  FakeAccountSource accounts;  ///< wired as App::accounts
   LookupPool lookups{"postgresql://unused@127.0.0.1:1/unused", 1};  // connects lazily: never here
   FakeUsageSink usage;
   std::unique_ptr<sql::IntentJournal> intents;
@@ -243,6 +257,9 @@ class Harness {
 
   /// Adds a key (active unless said otherwise) to the key source and the filter; its raw key.
   std::string add_key(bool active = true, std::int64_t max_tokens_per_request = 0);
+  /// Adds a usable key of `account` with the given record fields; its raw key. The record
+  /// (key_id "key-<8 hex>") is key_source.keys[hash].
+  std::string add_key_of(const std::string& account, keys::Limits key_limits = {}, keys::Limits account_limits = {});
 };
 
 // --- reading replies and usage records (throw when the shape is wrong) -------------------------
