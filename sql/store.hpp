@@ -37,8 +37,8 @@ std::optional<std::pair<pricing::Micros, std::int64_t>> balance_and_version(PgCo
 
 /// What a key (`scope` "key": api_keys.id) or an account ("account": users.id) was charged,
 /// credit units (1e-6 USD): Σ usage_logs.credits_deducted of rows created at or after
-/// `since_ms` (Unix ms; the start of a spend limit's period). Indexes usage_logs_key_spend_idx
-/// (migration 0012) and usage_logs_user_created_idx.
+/// `since_ms` (Unix ms; the start of a spend limit's period). Indexes
+/// usage_logs_api_key_created_idx (migration 0013) and usage_logs_user_created_idx.
 pricing::Micros charged_since(PgConn& db, const std::string& scope, const std::string& owner, std::int64_t since_ms);
 
 // ---- operator commands ----

@@ -20,10 +20,9 @@ CREATE TRIGGER api_keys_notify_update AFTER UPDATE OF key_hash, user_id, is_acti
   max_tokens_per_request, spend_limit_usd, limit_reset ON api_keys
   FOR EACH ROW EXECUTE FUNCTION tollgate_notify_api_key();
 
--- Seeding a spend window (sql::charged_since): what a key or account was charged since its
--- period began.
--- (An account's: usage_logs_user_created_idx, 0001.)
-CREATE INDEX usage_logs_key_spend_idx ON usage_logs (api_key_id, created_at);
+-- Seeding a spend window (sql::charged_since) sums what a key or account was charged since its
+-- period began: indexes usage_logs_api_key_created_idx (0013) and usage_logs_user_created_idx
+-- (0001).
 
 -- The start of the period `reset` that contains `at` (UTC); -infinity for 'never'.
 CREATE FUNCTION tollgate_period_start(reset text, at timestamptz) RETURNS timestamptz

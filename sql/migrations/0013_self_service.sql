@@ -10,13 +10,11 @@
 -- IF NOT EXISTS makes the migration then skip them).
 
 -- A key's charges since a period start: an index-only scan (credits_deducted is included).
--- It replaces 0012's usage_logs_key_spend_idx (the same key columns, without the INCLUDE), so
--- usage rows keep one entry per key index: the spend-limit seeding (sql::charged_since) sums
--- the same range and now reads it index-only as well. It also makes a key's deletion (0005's
--- trigger nulls usage_logs.api_key_id) an index lookup instead of a table scan.
+-- The spend-limit seeding (sql::charged_since, 0012) sums the same range with it. It also makes
+-- a key's deletion (0005's trigger nulls usage_logs.api_key_id) an index lookup instead of a
+-- table scan.
 CREATE INDEX IF NOT EXISTS usage_logs_api_key_created_idx
   ON usage_logs (api_key_id, created_at) INCLUDE (credits_deducted);
-DROP INDEX IF EXISTS usage_logs_key_spend_idx;
 
 -- The generation of a request, by the id the upstream gave it (X-Generation-Id / the body's id).
 CREATE INDEX IF NOT EXISTS usage_logs_generation_id_idx
