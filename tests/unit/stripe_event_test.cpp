@@ -23,7 +23,7 @@ Event must(const std::string& body) {
 
 TEST_CASE("a paid Checkout Session credits amount_total or metadata.credits_usd") {
   auto e = must(session(R"("mode":"payment","payment_status":"paid","amount_total":1250,"currency":"usd",)"
-                        R"("client_reference_id":"a@b.test","payment_intent":"pi_1","metadata":{}})"));
+                        R"("client_reference_id":"a@b.test","payment_intent":"pi_1","metadata":{})"));
   CHECK(e.id == "evt_1");
   CHECK(e.created == 1700000000);
   CHECK(e.action == Action::credit);
@@ -34,7 +34,7 @@ TEST_CASE("a paid Checkout Session credits amount_total or metadata.credits_usd"
 
   auto m = must(session(R"("payment_status":"paid","amount_total":1000,"currency":"usd",)"
                         R"("metadata":{"tollgate_account":"0b5c1f1e-0000-4000-8000-000000000001","credits_usd":"12.345678"},)"
-                        R"("payment_intent":{"id":"pi_2","object":"payment_intent"}})"));
+                        R"("payment_intent":{"id":"pi_2","object":"payment_intent"})"));
   CHECK(m.action == Action::credit);
   CHECK(m.amount == 12'345'678);
   CHECK(m.account_ref == "0b5c1f1e-0000-4000-8000-000000000001");  // metadata when no client_reference_id
