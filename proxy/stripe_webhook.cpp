@@ -22,6 +22,12 @@ std::string_view code_of(stripe::SignatureError e) {
   }
 }
 
+/// No answer from the server (it is down, or the connection was cut): not an error of the
+/// statement. libpq sets no SQLSTATE then; 08xxx are connection exceptions, 57P0x shutdowns.
+bool connection_lost(const sql::PgError& e) {
+  return e.sqlstate.empty() || e.sqlstate.starts_with("08") || e.sqlstate.starts_with("57P0");
+}
+
 }  // namespace
 
 awaitable<Step> stripe_webhook(Pipe& p, RequestCtx& ctx) {
@@ -68,13 +74,25 @@ awaitable<Step> stripe_webhook(Pipe& p, RequestCtx& ctx) {
          charge_amount, ev.object_id, ev.payment_intent, payload});
     return r.str(0, 0);
   };
-  std::string outcome;
-  try {
-    outcome = co_await p.app.lookups.run(apply);
-  } catch (const std::exception& e) {
+  std::string outcome, failure;
+  // A lookup thread whose connection a Postgres restart broke fails once, then reconnects; the
+  // next attempt may land on another such thread. Retrying is safe: the function is idempotent
+  // on the event id (an attempt that committed before its answer was lost returns 'duplicate').
+  for (int attempt = 0; attempt <= cfg.lookup_threads && outcome.empty(); ++attempt) {
+    try {
+      outcome = co_await p.app.lookups.run(apply);
+    } catch (const sql::PgError& e) {
+      failure = e.what();
+      if (!connection_lost(e)) break;
+    } catch (const std::exception& e) {
+      failure = e.what();
+      break;
+    }
+  }
+  if (outcome.empty()) {
     ++p.app.metrics.stripe_failed;
     spdlog::error("{}: stripe event {} ({}) not applied, answering 503 so that Stripe retries: {}", ctx.request_id,
-                  event->id, event->type, e.what());
+                  event->id, event->type, failure);
     ctx.headers.emplace_back("retry-after", "60");
     co_return fail(ctx, 503, "The event could not be recorded now; retry later.", "service_unavailable",
                    "database_unavailable");

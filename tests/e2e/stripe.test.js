@@ -22,10 +22,10 @@ const exec = promisify(execFile);
 const SERVICES = fileURLToPath(new URL('../../deploy/local/services.sh', import.meta.url));
 const nowS = () => Math.floor(Date.now() / 1000);
 
-let second; // the second instance
-test.before(async () => {
-  second = await h.startProxy({ name: 'tollgate-2', env: { TOLLGATE_STRIPE_WEBHOOK_SECRETS: `${S1},${S2}` } });
-});
+let second; // the second instance, started by the first test that needs it (after the harness')
+async function startSecond() {
+  second ??= await h.startProxy({ name: 'tollgate-2', env: { TOLLGATE_STRIPE_WEBHOOK_SECRETS: `${S1},${S2}` } });
+}
 
 /** A checkout.session.completed event as Stripe sends it (the fields tollgate reads). */
 function checkoutEvent({ account, cents = 500, currency = 'usd', credits, type = 'checkout.session.completed',
@@ -100,6 +100,7 @@ async function within(ms, fn) {
 }
 
 test('a paid Checkout Session credits once and is spendable on 2 instances within 1 s', async (t) => {
+  await startSecond();
   const acct = await h.newAccount({ usd: '0', label: 'topup' });
   // Both instances have the empty balance cached in Redis: the top-up must reach them by NOTIFY.
   for (const url of [h.url, second.url]) assert.equal((await chat(url, acct.key)).status, 402);
@@ -122,6 +123,7 @@ test('a paid Checkout Session credits once and is spendable on 2 instances withi
 });
 
 test('10 concurrent deliveries of one event (on 2 instances) credit once', async () => {
+  await startSecond();
   const acct = await h.newAccount({ usd: '0', label: 'replay' });
   const ev = checkoutEvent({ account: acct.email, cents: 1234 }); // named by email this time
   const payload = JSON.stringify(ev, null, 2);
@@ -191,6 +193,7 @@ test('wrong secret, tampered body, stale or future timestamp, no signature: 400 
 });
 
 test('secret rotation: an event signed with the second secret is accepted', async () => {
+  await startSecond();
   const acct = await h.newAccount({ usd: '0', label: 'rotate' });
   const ev = checkoutEvent({ account: acct.id, credits: '7.5', cents: 500 }); // metadata.credits_usd wins
   const r = await deliver(second.url, ev, { secret: S2 });
@@ -207,6 +210,7 @@ test('secret rotation: an event signed with the second secret is accepted', asyn
 });
 
 test('refunds take the money back, cumulatively, linked to the purchase; a negative balance is refused', async () => {
+  await startSecond();
   const acct = await h.newAccount({ usd: '0', label: 'refund' });
   const pi = `pi_${randomSuffix(10)}`;
   const buy = checkoutEvent({ account: acct.id, cents: 500, pi });
@@ -283,6 +287,7 @@ test('the route: 413 above 1 MiB, 404 without secrets', async () => {
 });
 
 test('PostgreSQL down: 503 (Stripe retries), then the retry credits once', async () => {
+  await startSecond();
   const services = process.env.TOLLGATE_SERVICES_DIR;
   assert.ok(services, 'TOLLGATE_SERVICES_DIR is not set: run through ctest or tests/run.sh');
   const acct = await h.newAccount({ usd: '0', label: 'pgdown' });
