@@ -37,8 +37,9 @@ struct Event {
   std::int64_t created = 0;  ///< Unix seconds (Stripe's event.created); 0 when absent
   Action action = Action::record;
   /// For Action::record: 'unhandled' (a type, mode or currency tollgate does not act on),
-  /// 'ignored' (a known event with nothing to do: an unpaid session) or 'invalid' (a session
-  /// whose metadata.credits_usd is not a positive USD amount with at most 6 decimals).
+  /// 'ignored' (a known event with nothing to do: an unpaid session), 'invalid' (a session
+  /// whose metadata.credits_usd is not a positive USD amount with at most 6 decimals, or no
+  /// amount in cents) or 'unmatched' (a refunded charge without a payment_intent).
   std::string outcome;
   std::string note;                  ///< why, in a few words (stripe_events.note)
   std::string account_ref;           ///< credit: a users.id uuid or an email; "" when none given
