@@ -54,6 +54,11 @@ std::string metrics_text(App& app) {
                  m.body_timeouts.load(), m.shed_overloaded.load(), m.session_failures.load(),
                  app.key_cache.stale_served(), m.accept_out_of_descriptors.load(), m.overruns.load(),
                  m.overrun_micros.load(), m.usage_missing.load(), m.cost_drift.load());
+  fmt::format_to(std::back_inserter(out),
+                 "tollgate_stripe_webhooks_total{{result=\"applied\"}} {}\n"
+                 "tollgate_stripe_webhooks_total{{result=\"refused\"}} {}\n"
+                 "tollgate_stripe_webhooks_total{{result=\"failed\"}} {}\n",
+                 m.stripe_applied.load(), m.stripe_refused.load(), m.stripe_failed.load());
   routing::render_circuit_metrics(app.circuits, out);
   return out;
 }

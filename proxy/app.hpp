@@ -46,6 +46,9 @@ struct Metrics {
   std::atomic<std::uint64_t> connections_refused_total{0}, connections_refused_per_address{0};
   std::atomic<std::uint64_t> accept_out_of_descriptors{0};  ///< accept(2) failed with EMFILE/ENFILE
   std::atomic<std::uint64_t> session_failures{0};      ///< connections ended by an exception (logged)
+  // POST /webhooks/stripe: events recorded (replays too), refused (400: signature, time, JSON),
+  // and not applied because Postgres failed (503).
+  std::atomic<std::uint64_t> stripe_applied{0}, stripe_refused{0}, stripe_failed{0};
 };
 
 struct App {

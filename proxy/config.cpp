@@ -132,6 +132,18 @@ Config Config::load(const std::optional<std::string>& path) {
     get(t, "usage.batch_rows", c.usage_batch_rows);
     get_ms(t, "usage.max_delay_ms", c.usage_max_delay);
     get(t, "usage.max_queued_records", c.usage_max_queued);
+    if (auto secrets = t.at_path("stripe.webhook_secrets")) {
+      auto* list = secrets.as_array();
+      if (!list) throw wrong_type("stripe.webhook_secrets", "a list of strings");
+      for (const auto& s : *list) {
+        if (!s.is_string()) throw wrong_type("stripe.webhook_secrets", "a list of strings");
+        c.stripe_webhook_secrets.push_back(*s.value_exact<std::string>());
+      }
+    }
+    std::int64_t tolerance_s = c.stripe_tolerance.count();
+    get(t, "stripe.tolerance_s", tolerance_s);
+    c.stripe_tolerance = std::chrono::seconds(tolerance_s);
+    get(t, "stripe.max_body_bytes", c.stripe_max_body_bytes);
   }
   if (const char* v = std::getenv("TOLLGATE_LISTEN")) split_listen(c.listen_host, c.listen_port, v);
   if (const char* v = std::getenv("TOLLGATE_ADMIN_LISTEN")) split_listen(c.admin_host, c.admin_port, v);
@@ -147,6 +159,19 @@ Config Config::load(const std::optional<std::string>& path) {
     c.admission.enabled = m != "off";
     if (m == "open") c.admission.failure_mode = ratelimit::FailureMode::fail_open;
     if (m == "closed") c.admission.failure_mode = ratelimit::FailureMode::fail_closed;
+  }
+  if (const char* v = std::getenv("TOLLGATE_STRIPE_WEBHOOK_SECRETS")) {
+    // Comma-separated; spaces around each secret and empty elements are dropped.
+    c.stripe_webhook_secrets.clear();
+    std::string_view rest = v;
+    while (!rest.empty()) {
+      auto comma = rest.find(',');
+      std::string_view s = rest.substr(0, comma);
+      rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+      while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+      while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+      if (!s.empty()) c.stripe_webhook_secrets.emplace_back(s);
+    }
   }
   c.upstream = parse_upstream_url(c.upstream_url_text);
   if (c.upstream_key.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)
@@ -165,6 +190,11 @@ Config Config::load(const std::optional<std::string>& path) {
   if (c.upstream_max_event_bytes < 1024) throw std::invalid_argument("upstream.max_event_bytes must be >= 1024");
   if (c.usage_max_queued < 1) throw std::invalid_argument("usage.max_queued_records must be >= 1");
   if (c.max_queued_requests < 1) throw std::invalid_argument("server.max_queued_requests must be >= 1");
+  for (const auto& s : c.stripe_webhook_secrets)  // the message never shows a secret
+    if (s.empty() || s.find_first_of(" \t\r\n") != std::string::npos)
+      throw std::invalid_argument("stripe.webhook_secrets: a secret is empty or holds whitespace");
+  if (c.stripe_tolerance.count() < 1) throw std::invalid_argument("stripe.tolerance_s must be >= 1");
+  if (c.stripe_max_body_bytes < 1024) throw std::invalid_argument("stripe.max_body_bytes must be >= 1024");
   if (c.default_max_tokens < 1) throw std::invalid_argument("billing.default_max_tokens must be >= 1");
   return c;
 }

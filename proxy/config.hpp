@@ -2,7 +2,8 @@
 // tollgate's configuration: a TOML file (deploy/tollgate.example.toml documents every key)
 // overridden by environment variables TOLLGATE_LISTEN, TOLLGATE_DATABASE_URL,
 // TOLLGATE_REDIS_URL, TOLLGATE_UPSTREAM_URL, TOLLGATE_UPSTREAM_KEY, TOLLGATE_JOURNAL_DIR,
-// TOLLGATE_ADMISSION (off | closed | open), TOLLGATE_ADMISSION_TIMEOUT_MS, TOLLGATE_ADMIN_LISTEN.
+// TOLLGATE_ADMISSION (off | closed | open), TOLLGATE_ADMISSION_TIMEOUT_MS, TOLLGATE_ADMIN_LISTEN,
+// TOLLGATE_STRIPE_WEBHOOK_SECRETS (comma-separated).
 // Built once at start and shared read-only.
 #include "keys/key_cache.hpp"
 #include "ratelimit/admission.hpp"
@@ -14,6 +15,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace tollgate {
 
@@ -82,6 +84,13 @@ struct Config {
   /// Usage records kept in memory (~1.7 KB each) while Postgres is slow or down; beyond, they
   /// wait in the journal on disk only.
   std::size_t usage_max_queued = 100'000;
+  // [stripe]: POST /webhooks/stripe (proxy/stripe_webhook.hpp)
+  /// The endpoint's signing secrets ("whsec_…"), any of which a delivery may be signed with
+  /// (several while a secret is rolled). Empty: the route answers 404. Never logged.
+  std::vector<std::string> stripe_webhook_secrets;
+  /// The most a Stripe-Signature timestamp may differ from now, either way (Stripe's default 300 s).
+  std::chrono::seconds stripe_tolerance{300};
+  std::uint64_t stripe_max_body_bytes = 1ull << 20;  ///< a webhook body above this: 413
 
   /// The [upstream] section as the upstream `default`: the one route while model_routes has
   /// no rows (routing/route_table.hpp).

@@ -4,6 +4,7 @@
 
 #include "proxy/connection.hpp"
 #include "proxy/record.hpp"
+#include "proxy/stripe_webhook.hpp"
 
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/string.hpp>
@@ -29,7 +30,7 @@ Step fail(const RequestCtx& ctx, int status, std::string_view message, std::stri
 std::span<const EndpointRoute> endpoint_routes() {
   using enum AuthPolicy;
   using wire::Endpoint;
-  static const std::array<EndpointRoute, 15> rows{{
+  static const std::array<EndpointRoute, 16> rows{{
       {http::verb::post, "/v1/chat/completions", api_key, proxy_generation, &openai_dialect(),
        Endpoint::chat_completions, "/chat/completions"},
       {http::verb::post, "/v1/completions", api_key, proxy_generation, &openai_dialect(), Endpoint::completions,
@@ -53,6 +54,8 @@ std::span<const EndpointRoute> endpoint_routes() {
       {http::verb::get, "/v1/key", api_key, key_info, &openai_dialect(), {}, {}},
       {http::verb::get, "/v1/credits", api_key, credits_info, &openai_dialect(), {}, {}},
       {http::verb::get, "/v1/generation", api_key, generation_info, &openai_dialect(), {}, {}},
+      // Authenticated by its Stripe-Signature, which the handler verifies (proxy/stripe_webhook.hpp).
+      {http::verb::post, "/webhooks/stripe", none, stripe_webhook, &openai_dialect(), {}, {}},
   }};
   return rows;
 }

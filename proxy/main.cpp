@@ -182,6 +182,9 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file,
   spdlog::info("tollgate listening on {}:{} → upstream {}://{}:{}{}; admin on {}:{}", cfg.listen_host, server.port(),
                cfg.upstream.tls ? "https" : "http", cfg.upstream.host, cfg.upstream.port, cfg.upstream.base_path,
                cfg.admin_host, server.admin_port());
+  // How many secrets, never which.
+  if (cfg.stripe_webhook_secrets.empty()) spdlog::info("stripe webhooks: off (no stripe.webhook_secrets; /webhooks/stripe answers 404)");
+  else spdlog::info("stripe webhooks: on, {} secret(s), tolerance {} s", cfg.stripe_webhook_secrets.size(), cfg.stripe_tolerance.count());
   if (admin_port_file) std::ofstream(*admin_port_file) << server.admin_port() << "\n";
   if (port_file) std::ofstream(*port_file) << server.port() << "\n";
   server.run();

@@ -82,6 +82,13 @@ class RequestParser : public boost::beast::http::basic_parser<true> {
   /// framing: a chunk-size line (extensions included) over the limit, and a bare LF in it, are
   /// refused (rejection() tells) instead of waiting for more. Call after the header is done.
   std::size_t put_body(boost::asio::const_buffer bytes, boost::beast::error_code& ec);
+  /// Lowers the body limit for this request (a route's own, e.g. the Stripe webhook's), before
+  /// its body is read: a chunked body over it is refused with 413 naming `bytes`. A
+  /// Content-Length over it is the caller's to check (Beast checked it with the head).
+  void limit_body(std::uint64_t bytes) {
+    limits_.body = bytes;
+    body_limit(bytes);
+  }
   /// True when the request announced a body (chunked, or Content-Length > 0).
   bool has_body() const { return has_body_; }
   /// What to answer after put() (or a read) failed with `ec`: our own checks' rejection, or
