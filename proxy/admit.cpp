@@ -43,6 +43,9 @@ constexpr std::int64_t image_output_tokens_max = 8192;
 /// its budget with 402 too): names the limit and when it resets.
 Step spend_limit_reached(App& app, RequestCtx& ctx, const ratelimit::Window& w) {
   ++app.metrics.spend_limit_refusals;
+  // The operator's spend_limit.reached alert: queued in memory (one per limit and period), put
+  // in the outbox by the alert task, off the request path.
+  app.alert_queue.push({w.spend_scope, w.spend_owner, ctx.key->user_id, w.limit, w.period_start_ms, w.period_end_ms});
   const std::int64_t left = std::max<std::int64_t>(w.remaining, 0);
   std::string resets = w.period_end_ms == INT64_MAX
                            ? std::string("it does not reset")

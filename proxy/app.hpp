@@ -3,6 +3,7 @@
 // that wires concrete classes together) and passed by reference.
 #include "keys/key_cache.hpp"
 #include "keys/key_filter.hpp"
+#include "proxy/alert_queue.hpp"
 #include "pricing/pricing.hpp"
 #include "proxy/config.hpp"
 #include "proxy/connection_limiter.hpp"
@@ -72,6 +73,8 @@ struct App {
   /// The self-service endpoints' reports (GET /api/v1/key, …; Postgres). Set after
   /// construction (main.cpp); null: those endpoints answer 503.
   AccountSource* accounts = nullptr;
+  /// spend_limit.reached events for the alert task (proxy/alerts.hpp), pushed by admit.
+  AlertQueue alert_queue{1024};
 };
 
 }  // namespace tollgate

@@ -144,6 +144,12 @@ Config Config::load(const std::optional<std::string>& path) {
     get(t, "stripe.tolerance_s", tolerance_s);
     c.stripe_tolerance = std::chrono::seconds(tolerance_s);
     get(t, "stripe.max_body_bytes", c.stripe_max_body_bytes);
+    get(t, "alerts.url", c.alerts_url);
+    get(t, "alerts.secret", c.alerts_secret);
+    get_ms(t, "alerts.retry_base_ms", c.alerts_retry_base);
+    get_ms(t, "alerts.poll_ms", c.alerts_poll);
+    get_ms(t, "alerts.timeout_ms", c.alerts_timeout);
+    get_ms(t, "alerts.max_age_ms", c.alerts_max_age);
   }
   if (const char* v = std::getenv("TOLLGATE_LISTEN")) split_listen(c.listen_host, c.listen_port, v);
   if (const char* v = std::getenv("TOLLGATE_ADMIN_LISTEN")) split_listen(c.admin_host, c.admin_port, v);
@@ -173,7 +179,19 @@ Config Config::load(const std::optional<std::string>& path) {
       if (!s.empty()) c.stripe_webhook_secrets.emplace_back(s);
     }
   }
+  if (const char* v = std::getenv("TOLLGATE_ALERTS_URL")) c.alerts_url = v;
+  if (const char* v = std::getenv("TOLLGATE_ALERTS_SECRET")) c.alerts_secret = v;
+  if (const char* v = std::getenv("TOLLGATE_ALERTS_RETRY_BASE_MS")) c.alerts_retry_base = std::chrono::milliseconds(std::atoll(v));
+  if (const char* v = std::getenv("TOLLGATE_ALERTS_POLL_MS")) c.alerts_poll = std::chrono::milliseconds(std::atoll(v));
   c.upstream = parse_upstream_url(c.upstream_url_text);
+  if (!c.alerts_url.empty()) {
+    parse_upstream_url(c.alerts_url);  // throws naming the URL if it is not http(s)://host[:port][/path]
+    if (c.alerts_secret.empty())
+      throw std::invalid_argument("alerts.secret (or TOLLGATE_ALERTS_SECRET) is required with alerts.url: alerts are signed");
+  }
+  for (auto [name, ms] : {std::pair{"alerts.retry_base_ms", c.alerts_retry_base}, {"alerts.poll_ms", c.alerts_poll},
+                          {"alerts.timeout_ms", c.alerts_timeout}, {"alerts.max_age_ms", c.alerts_max_age}})
+    if (ms.count() < 1) throw std::invalid_argument(std::string(name) + " must be >= 1");
   if (c.upstream_key.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)
     throw std::invalid_argument("upstream.key must not hold CR, LF or NUL (it goes into an HTTP header)");
   routing::check_routing_config(c.routing);

@@ -3,7 +3,8 @@
 // overridden by environment variables TOLLGATE_LISTEN, TOLLGATE_DATABASE_URL,
 // TOLLGATE_REDIS_URL, TOLLGATE_UPSTREAM_URL, TOLLGATE_UPSTREAM_KEY, TOLLGATE_JOURNAL_DIR,
 // TOLLGATE_ADMISSION (off | closed | open), TOLLGATE_ADMISSION_TIMEOUT_MS, TOLLGATE_ADMIN_LISTEN,
-// TOLLGATE_STRIPE_WEBHOOK_SECRETS (comma-separated).
+// TOLLGATE_STRIPE_WEBHOOK_SECRETS (comma-separated),
+// TOLLGATE_ALERTS_URL, TOLLGATE_ALERTS_SECRET, TOLLGATE_ALERTS_RETRY_BASE_MS, TOLLGATE_ALERTS_POLL_MS.
 // Built once at start and shared read-only.
 #include "keys/key_cache.hpp"
 #include "ratelimit/admission.hpp"
@@ -91,6 +92,13 @@ struct Config {
   /// The most a Stripe-Signature timestamp may differ from now, either way (Stripe's default 300 s).
   std::chrono::seconds stripe_tolerance{300};
   std::uint64_t stripe_max_body_bytes = 1ull << 20;  ///< a webhook body above this: 413
+  // [alerts]: operator alerts from alert_outbox (proxy/alerts.hpp)
+  std::string alerts_url;     ///< where alerts are POSTed (http or https); empty: kept in the outbox, not sent
+  std::string alerts_secret;  ///< HMAC-SHA256 key of Tollgate-Signature; never logged; required with a URL
+  std::chrono::milliseconds alerts_retry_base{1'000};  ///< first retry delay, doubling to 1 h
+  std::chrono::milliseconds alerts_poll{1'000};        ///< how often the outbox is looked at
+  std::chrono::milliseconds alerts_timeout{10'000};    ///< one POST: connect, send, answer
+  std::chrono::milliseconds alerts_max_age{24 * 3'600'000};  ///< then an undelivered alert is abandoned
 
   /// The [upstream] section as the upstream `default`: the one route while model_routes has
   /// no rows (routing/route_table.hpp).

@@ -1,6 +1,7 @@
 // tollgate: the one binary. `serve` runs the proxy; the other subcommands are the operator's
 // tools. This is the only place where concrete classes are wired together.
 #include "keys/key_cache.hpp"
+#include "proxy/alerts.hpp"
 #include "proxy/app.hpp"
 #include "proxy/config.hpp"
 #include "proxy/concrete_seams.hpp"
@@ -168,6 +169,9 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file,
   PgAccountSource account_source(lookups);
   app.accounts = &account_source;
   Server server(app);
+  // Operator alerts: its own thread (libpq and an HTTP client), never a request's event loop.
+  AlertDelivery alerts(cfg, app.alert_queue, tls);
+  alerts.start();
   server.settle(std::move(recovered_holds));  // the interrupted requests' holds leave Redis
 
   // Signals are taken by a dedicated thread (blocked since the start of serve()) so the stop
@@ -193,6 +197,7 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file,
   signals.join();
   lookups.stop();
   listener.stop();
+  alerts.stop();  // spend_limit.reached events not yet in the outbox are lost; the outbox is not
   usage.stop(std::chrono::seconds(10));  // what Postgres cannot take now stays in the journal
   auto s = usage.stats();
   spdlog::info("stopped: {} usage record(s) committed, {} left in the journal for replay", s.committed, s.queued);
