@@ -59,6 +59,11 @@ std::string metrics_text(App& app) {
                  "tollgate_stripe_webhooks_total{{result=\"refused\"}} {}\n"
                  "tollgate_stripe_webhooks_total{{result=\"failed\"}} {}\n",
                  m.stripe_applied.load(), m.stripe_refused.load(), m.stripe_failed.load());
+  fmt::format_to(std::back_inserter(out),
+                 "tollgate_alerts_total{{result=\"delivered\"}} {}\ntollgate_alerts_total{{result=\"failed\"}} {}\n"
+                 "tollgate_alerts_total{{result=\"abandoned\"}} {}\ntollgate_alerts_dropped_total {}\n",
+                 m.alerts_delivered.load(), m.alerts_failed.load(), m.alerts_abandoned.load(),
+                 app.alert_queue.dropped());
   routing::render_circuit_metrics(app.circuits, out);
   return out;
 }

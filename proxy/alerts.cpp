@@ -112,8 +112,8 @@ struct AlertDelivery::Impl {
   net::io_context* io = nullptr;  ///< the POST in flight, stopped by stop()
 };
 
-AlertDelivery::AlertDelivery(const Config& cfg, AlertQueue& queue, net::ssl::context& tls)
-    : cfg_(cfg), queue_(queue), tls_(tls), impl_(std::make_unique<Impl>()) {}
+AlertDelivery::AlertDelivery(App& app)
+    : cfg_(app.cfg), queue_(app.alert_queue), tls_(app.upstream_tls), metrics_(app.metrics), impl_(std::make_unique<Impl>()) {}
 
 AlertDelivery::~AlertDelivery() { stop(); }
 
@@ -192,12 +192,13 @@ void AlertDelivery::run() {
           }
           if (error.empty()) {
             sql::mark_alert_delivered(*db, a.id);
-            ++delivered_;
+            ++metrics_.alerts_delivered;
             spdlog::info("alert {} {} delivered (HTTP {})", a.type, a.event_id, status);
           } else {
-            ++failed_;
+            ++metrics_.alerts_failed;
             auto delay = alert_retry_delay(a.attempts + 1, cfg_.alerts_retry_base, cap, unit(rng));
             bool abandoned = sql::mark_alert_failed(*db, a.id, error, delay, cfg_.alerts_max_age);
+            if (abandoned) ++metrics_.alerts_abandoned;
             spdlog::warn("alert {} {} not delivered ({}): {}", a.type, a.event_id, error,
                          abandoned ? "abandoned" : fmt::format("retry in {} ms", delay.count()));
           }

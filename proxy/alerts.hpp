@@ -6,8 +6,7 @@
 // Body: {"id": event_id, "type": "balance.low" | "spend_limit.reached", "created": Unix s,
 //        "data": {…}}.
 // Header: `Tollgate-Signature: t=<Unix s>,v1=<hex HMAC-SHA256 of "<t>.<body>" keyed by alerts.secret>`.
-#include "proxy/alert_queue.hpp"
-#include "proxy/config.hpp"
+#include "proxy/app.hpp"
 #include "sql/alert_outbox.hpp"
 
 #include <boost/asio/ssl/context.hpp>
@@ -43,10 +42,11 @@ std::string alert_body(const sql::OutboxAlert& a);
 /// delivered, anything else (or no answer within alerts.timeout_ms) schedules a retry
 /// (alert_retry_delay with alerts.retry_base_ms, cap 1 h). Without alerts.url the outbox fills
 /// and nothing is sent. Postgres errors are logged and retried next poll; the secret is never
-/// logged.
+/// logged. Counts into app.metrics (alerts_delivered, alerts_failed, alerts_abandoned).
 class AlertDelivery {
  public:
-  AlertDelivery(const Config& cfg, AlertQueue& queue, boost::asio::ssl::context& tls);
+  /// Uses app.cfg ([alerts], database.url), app.alert_queue, app.upstream_tls (https) and app.metrics.
+  explicit AlertDelivery(App& app);
   ~AlertDelivery();
   AlertDelivery(const AlertDelivery&) = delete;
   AlertDelivery& operator=(const AlertDelivery&) = delete;
@@ -55,19 +55,16 @@ class AlertDelivery {
   /// Stops the thread; a POST in flight is cut (its row is sent again after its lease ends).
   void stop();
 
-  std::uint64_t delivered() const { return delivered_.load(); }
-  std::uint64_t failed() const { return failed_.load(); }
-
  private:
   void run();
   struct Impl;
   const Config& cfg_;
   AlertQueue& queue_;
   boost::asio::ssl::context& tls_;
+  Metrics& metrics_;
   std::unique_ptr<Impl> impl_;
   std::thread thread_;
   std::atomic<bool> stopping_{false};
-  std::atomic<std::uint64_t> delivered_{0}, failed_{0};
 };
 
 }  // namespace tollgate

@@ -50,6 +50,9 @@ struct Metrics {
   // POST /webhooks/stripe: events recorded (replays too), refused (400: signature, time, JSON),
   // and not applied because Postgres failed (503).
   std::atomic<std::uint64_t> stripe_applied{0}, stripe_refused{0}, stripe_failed{0};
+  /// Operator alerts (proxy/alerts.hpp): POSTs answered 2xx; failed POSTs (each retry counts);
+  /// alerts given up after alerts.max_age.
+  std::atomic<std::uint64_t> alerts_delivered{0}, alerts_failed{0}, alerts_abandoned{0};
 };
 
 struct App {

@@ -170,7 +170,7 @@ int serve(const Config& cfg, const std::optional<std::string>& port_file,
   app.accounts = &account_source;
   Server server(app);
   // Operator alerts: its own thread (libpq and an HTTP client), never a request's event loop.
-  AlertDelivery alerts(cfg, app.alert_queue, tls);
+  AlertDelivery alerts(app);
   alerts.start();
   server.settle(std::move(recovered_holds));  // the interrupted requests' holds leave Redis
 

@@ -71,8 +71,8 @@ const h = useHarness({ env });
 h.watch(SECRET);
 let url; // the running proxy (the restart test replaces it)
 
-async function chat(key, body = { model: h.model, messages: [{ role: 'user', content: 'hi' }], max_tokens: 8 }) {
-  const res = await fetch(`${url ?? h.url}/v1/chat/completions`, {
+async function chat(key, body = { model: h.model, messages: [{ role: 'user', content: 'hi' }], max_tokens: 8 }, at = url ?? h.url) {
+  const res = await fetch(`${at}/v1/chat/completions`, {
     method: 'POST',
     headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
     body: JSON.stringify(body),
@@ -135,6 +135,8 @@ test('receiver down: retried with backoff, then delivered once when it is back',
   }, 15_000, 'three failed attempts');
   assert.equal(failing.delivered, false);
   assert.ok(failing.last_error, 'the failure is recorded');
+  const failed = Number(/^tollgate_alerts_total\{result="failed"\} (\d+)$/m.exec(await h.metrics())?.[1]);
+  assert.ok(failed >= 3, `tollgate_alerts_total{result="failed"} ${failed}`);
   assert.equal(receiver.of(lowFor(a.id)).length, 0);
   await receiver.up();
   await until(() => receiver.of(lowFor(a.id)).length, 15_000, 'delivery after the receiver came back');
@@ -161,11 +163,12 @@ test('an undelivered alert survives a tollgate restart and is delivered after it
   assert.equal(receiver.of(lowFor(a.id)).length, 1);
 });
 
-test('spend_limit.reached: one event per limit and period, however many refusals', async () => {
+test('spend_limit.reached: one event per limit and period, however many refusals on 2 instances', async () => {
+  const second = await h.startProxy({ name: 'tollgate-2', env });
   const a = await h.newAccount({ usd: '10', label: 'limit' });
   await tollgate('keys', 'set-limit', a.keyId, '0.000001', '--limit-reset', 'daily');
-  for (let i = 0; i < 5; i++) {
-    const r = await chat(a.key);
+  for (let i = 0; i < 6; i++) {
+    const r = await chat(a.key, undefined, i % 2 ? second.url : undefined);
     assert.equal(r.status, 402);
     assert.equal(r.json.error.code, 'key_spend_limit_reached');
   }
@@ -181,6 +184,8 @@ test('spend_limit.reached: one event per limit and period, however many refusals
   );
   assert.match(e.data.resets_at, /^\d{4}-\d{2}-\d{2}T00:00:00Z$/);
   assert.equal(Number(await psql(`SELECT count(*) FROM alert_outbox WHERE event_id = ${lit(e.id)}`)), 1);
+  // Both instances wrote the event (the second insert was a no-op), and neither's alert task failed.
+  for (const p of h.proxies) assert.doesNotMatch(p.child.log, /alerts: .*retrying/, p.name);
 });
 
 test('the signing secret appears in no log', async () => {
