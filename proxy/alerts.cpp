@@ -1,5 +1,6 @@
 #include "proxy/alerts.hpp"
 
+#include "proxy/stripe_signature.hpp"  // hmac_sha256_hex: Stripe's scheme, reused
 #include "proxy/upstream.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -10,8 +11,6 @@
 #include <boost/json.hpp>
 #include <boost/url/parse.hpp>
 #include <fmt/format.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -27,17 +26,7 @@ std::string alert_signature(std::string_view secret, std::int64_t t, std::string
   std::string signed_payload = std::to_string(t);
   signed_payload += '.';
   signed_payload.append(body);
-  unsigned char mac[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()),
-       reinterpret_cast<const unsigned char*>(signed_payload.data()), signed_payload.size(), mac, &len);
-  std::string out = "t=" + std::to_string(t) + ",v1=";
-  static constexpr char hex[] = "0123456789abcdef";
-  for (unsigned int i = 0; i < len; ++i) {
-    out += hex[mac[i] >> 4];
-    out += hex[mac[i] & 0xf];
-  }
-  return out;
+  return "t=" + std::to_string(t) + ",v1=" + stripe::hmac_sha256_hex(secret, signed_payload);
 }
 
 std::chrono::milliseconds alert_retry_delay(int failures, std::chrono::milliseconds base,

@@ -12,6 +12,7 @@
 #include "proxy/server.hpp"
 #include "proxy/upstream.hpp"
 #include "ratelimit/admission.hpp"
+#include "sql/alert_outbox.hpp"
 #include "sql/notify_listener.hpp"
 #include "sql/route_store.hpp"
 #include "sql/store.hpp"
@@ -224,6 +225,11 @@ int main(int argc, char** argv) {
   std::string email;
   auto* acc_create = accounts->add_subcommand("create", "Create an account");
   acc_create->add_option("EMAIL", email)->required();
+  std::string alert_account, alert_usd;
+  auto* acc_alert = accounts->add_subcommand("set-low-balance-alert",
+                                             "Send balance.low when the balance falls below USD (alerts.url)");
+  acc_alert->add_option("ACCOUNT", alert_account, "Account id or email")->required();
+  acc_alert->add_option("USD", alert_usd, "Threshold in USD, e.g. 5, or 'none'")->required();
 
   auto* credits = cli.add_subcommand("credits", "Manage prepaid balances")->require_subcommand(1);
   std::string account, usd;
@@ -282,6 +288,11 @@ int main(int argc, char** argv) {
       auto applied = sql::migrate(db);
       if (applied.empty()) fmt::print("schema is up to date\n");
       for (const auto& m : applied) fmt::print("applied {}\n", m);
+    } else if (acc_alert->parsed()) {
+      auto user = sql::resolve_account(db, alert_account);
+      std::optional<std::string> usd = alert_usd == "none" ? std::nullopt : std::optional(alert_usd);
+      sql::set_low_balance_alert(db, user, usd);
+      fmt::print("low-balance alert of {}: {}\n", alert_account, usd ? "below $" + *usd : std::string("none"));
     } else if (acc_create->parsed()) {
       fmt::print("{}\n", sql::create_account(db, email));
     } else if (credits_add->parsed()) {

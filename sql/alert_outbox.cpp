@@ -49,4 +49,10 @@ bool insert_alert(PgConn& db, const std::string& event_id, const std::string& ty
   return r.rows() > 0;
 }
 
+void set_low_balance_alert(PgConn& db, const std::string& account, const std::optional<std::string>& usd) {
+  db.exec("INSERT INTO balances (user_id, low_balance_alert_usd) VALUES ($1::uuid, $2::numeric)"
+          " ON CONFLICT (user_id) DO UPDATE SET low_balance_alert_usd = EXCLUDED.low_balance_alert_usd",
+          {account, usd ? std::optional<std::string_view>(*usd) : std::nullopt});
+}
+
 }  // namespace tollgate::sql

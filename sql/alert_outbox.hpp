@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -41,5 +42,9 @@ bool mark_alert_failed(PgConn& db, std::int64_t id, const std::string& error, st
 /// empty (NULL). Returns true if inserted. Throws PgError.
 bool insert_alert(PgConn& db, const std::string& event_id, const std::string& type, const std::string& account,
                   const std::string& payload_json);
+
+/// Sets an account's balance.low threshold (balances.low_balance_alert_usd), a decimal USD
+/// string >= 0, or removes it (nullopt). Throws PgError (e.g. 22P02 for a malformed amount).
+void set_low_balance_alert(PgConn& db, const std::string& account, const std::optional<std::string>& usd);
 
 }  // namespace tollgate::sql

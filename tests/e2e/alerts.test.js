@@ -96,7 +96,9 @@ const lowFor = (account) => (e) => e.type === 'balance.low' && e.data.account ==
 /** A fresh account with $1 and a threshold 1 micro-dollar under it: its first charge crosses it. */
 async function accountWithThreshold(label) {
   const a = await h.newAccount({ usd: '1', label });
-  await psql(`UPDATE balances SET low_balance_alert_usd = 0.999999 WHERE user_id = ${lit(a.id)}`);
+  const { stdout } = await tollgate('accounts', 'set-low-balance-alert', a.email, '0.999999');
+  assert.match(stdout, /below \$0\.999999/);
+  assert.equal(await psql(`SELECT low_balance_alert_usd::text FROM balances WHERE user_id = ${lit(a.id)}`), '0.999999');
   return a;
 }
 

@@ -38,7 +38,7 @@ void cleanup(sql::PgConn& db, const std::string& user) {
 TEST_CASE("balance.low: once per crossing of the threshold, re-armed above it", "[alerts]") {
   sql::PgConn db(database_url());
   auto user = funded_account(db, "1");
-  db.exec("UPDATE balances SET low_balance_alert_usd = 0.5 WHERE user_id = $1", {user});
+  sql::set_low_balance_alert(db, user, "0.5");
   spend(db, user, 400'000);  // 1 → 0.6: above
   CHECK(low_alerts(db, user) == 0);
   spend(db, user, 100'000);  // 0.6 → 0.5: at the threshold is not below it
@@ -65,9 +65,12 @@ TEST_CASE("balance.low: once per crossing of the threshold, re-armed above it", 
   CHECK(low_alerts(db, user) == 1);
   spend(db, user, 1'000'000);  // down across it again: a second alert
   CHECK(low_alerts(db, user) == 2);
-  // The two events have distinct ids; an account without a threshold gets none.
+  // The two events have distinct ids; an account whose threshold was removed gets none.
   CHECK(db.exec("SELECT count(DISTINCT event_id) FROM alert_outbox WHERE account = $1", {user}).i64(0, 0) == 2);
   auto other = funded_account(db, "1");
+  sql::set_low_balance_alert(db, other, "0.5");
+  sql::set_low_balance_alert(db, other, std::nullopt);
+  CHECK(db.exec("SELECT low_balance_alert_usd IS NULL FROM balances WHERE user_id = $1", {other}).boolean(0, 0));
   spend(db, other, 999'999);
   CHECK(low_alerts(db, other) == 0);
   cleanup(db, user);
