@@ -150,7 +150,10 @@ void AlertDelivery::run() {
         // Leased for longer than the POSTs of one batch can take, then sent one by one.
         const int batch = 20;
         auto lease = cfg_.alerts_timeout * (batch + 1);
-        for (auto& a : sql::claim_due_alerts(*db, batch, lease)) {
+        auto claimed = sql::claim_due_alerts(*db, batch, lease);
+        std::size_t done = 0;
+        for (; done < claimed.size(); ++done) {
+          const auto& a = claimed[done];
           if (stopping_) break;
           std::string error;
           unsigned status = 0;
@@ -191,6 +194,13 @@ void AlertDelivery::run() {
             spdlog::warn("alert {} {} not delivered ({}): {}", a.type, a.event_id, error,
                          abandoned ? "abandoned" : fmt::format("retry in {} ms", delay.count()));
           }
+        }
+        // Stopping: the rows not sent (and one cut mid-POST) are due again now, for the next
+        // instance, instead of at the end of their lease.
+        if (done < claimed.size()) {
+          std::vector<std::int64_t> left;
+          for (std::size_t i = done; i < claimed.size(); ++i) left.push_back(claimed[i].id);
+          sql::release_alerts(*db, left);
         }
       }
     } catch (const std::exception& e) {

@@ -25,6 +25,15 @@ std::vector<OutboxAlert> claim_due_alerts(PgConn& db, int limit, std::chrono::mi
   return out;
 }
 
+void release_alerts(PgConn& db, const std::vector<std::int64_t>& ids) {
+  if (ids.empty()) return;
+  std::string array = "{";
+  for (std::size_t i = 0; i < ids.size(); ++i) array += (i ? "," : "") + std::to_string(ids[i]);
+  array += "}";
+  db.exec("UPDATE alert_outbox SET next_attempt_at = now() WHERE id = ANY($1::bigint[]) AND delivered_at IS NULL",
+          {array});
+}
+
 void mark_alert_delivered(PgConn& db, std::int64_t id) {
   db.exec("UPDATE alert_outbox SET delivered_at = now(), last_error = NULL WHERE id = $1", {std::to_string(id)});
 }

@@ -29,6 +29,9 @@ struct OutboxAlert {
 /// Throws PgError.
 std::vector<OutboxAlert> claim_due_alerts(PgConn& db, int limit, std::chrono::milliseconds lease);
 
+/// Ends the lease of claimed rows not delivered (a stop): they are due again now. Throws PgError.
+void release_alerts(PgConn& db, const std::vector<std::int64_t>& ids);
+
 /// Marks a row delivered (the receiver answered 2xx). Throws PgError.
 void mark_alert_delivered(PgConn& db, std::int64_t id);
 

@@ -111,8 +111,12 @@ TEST_CASE("outbox claims: two connections take disjoint rows, neither waits for 
   }
   for (auto id : mine) CHECK((ids_a.contains(id) || ids_b.contains(id)));
   a.exec("COMMIT");
-  // Leased by the claims: nobody claims them again before the lease ends.
+  // Leased by the claims: nobody claims them again before the lease ends, unless released.
   for (auto& r : sql::claim_due_alerts(b, 1000, 60s)) CHECK_FALSE(mine.contains(r.id));
+  sql::release_alerts(a, {first[0].id});
+  auto again = sql::claim_due_alerts(b, 1000, 60s);
+  CHECK(std::count_if(again.begin(), again.end(), [&](auto& r) { return mine.contains(r.id); }) == 1);
+  CHECK(std::any_of(again.begin(), again.end(), [&](auto& r) { return r.id == first[0].id; }));
   cleanup(a, user);
 }
 
