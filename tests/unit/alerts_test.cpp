@@ -8,6 +8,11 @@
 #include <boost/json.hpp>
 
 #include <climits>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include <unistd.h>
 
 using namespace tollgate;
 using std::chrono::milliseconds;
@@ -78,4 +83,58 @@ TEST_CASE("spend_limit.reached events: deterministic id per limit and period, de
   CHECK(q.take().empty());
   CHECK_FALSE(q.push(e));  // still remembered after it was taken
   CHECK(q.push(never));
+}
+
+namespace {
+/// A TOML file with `text`, removed at scope exit; the alert environment variables unset meanwhile.
+struct AlertsToml {
+  std::filesystem::path path;
+  explicit AlertsToml(const std::string& text) {
+    path = std::filesystem::temp_directory_path() / ("tollgate-alerts-config-" + std::to_string(::getpid()) + ".toml");
+    std::ofstream(path) << text;
+    unset();
+  }
+  ~AlertsToml() {
+    std::filesystem::remove(path);
+    unset();
+  }
+  static void unset() {
+    for (const char* v : {"TOLLGATE_ALERTS_URL", "TOLLGATE_ALERTS_SECRET", "TOLLGATE_ALERTS_RETRY_BASE_MS",
+                          "TOLLGATE_ALERTS_POLL_MS"})
+      ::unsetenv(v);
+  }
+};
+}  // namespace
+
+TEST_CASE("alerts config: defaults, TOML, environment; a URL needs a secret", "[alerts]") {
+  {
+    AlertsToml f("");
+    Config c = Config::load(f.path.string());
+    CHECK(c.alerts_url.empty());
+    CHECK(c.alerts_retry_base == milliseconds(1000));
+    CHECK(c.alerts_max_age == std::chrono::hours(24));
+  }
+  {
+    AlertsToml f("[alerts]\nurl = \"https://ops.example.com/hook\"\nsecret = \"s\"\nretry_base_ms = 50\n");
+    Config c = Config::load(f.path.string());
+    CHECK(c.alerts_url == "https://ops.example.com/hook");
+    CHECK(c.alerts_retry_base == milliseconds(50));
+    ::setenv("TOLLGATE_ALERTS_URL", "http://127.0.0.1:9/x", 1);
+    ::setenv("TOLLGATE_ALERTS_RETRY_BASE_MS", "7", 1);
+    c = Config::load(f.path.string());
+    CHECK(c.alerts_url == "http://127.0.0.1:9/x");
+    CHECK(c.alerts_retry_base == milliseconds(7));
+  }
+  {
+    AlertsToml f("[alerts]\nurl = \"https://ops.example.com/hook\"\n");
+    CHECK_THROWS_WITH(Config::load(f.path.string()), Catch::Contains("alerts.secret"));
+  }
+  {
+    AlertsToml f("[alerts]\nurl = \"ftp://ops.example.com/hook\"\nsecret = \"s\"\n");
+    CHECK_THROWS(Config::load(f.path.string()));
+  }
+  {
+    AlertsToml f("[alerts]\npoll_ms = 0\n");
+    CHECK_THROWS_WITH(Config::load(f.path.string()), Catch::Contains("alerts.poll_ms"));
+  }
 }
