@@ -176,7 +176,7 @@ void AlertDelivery::run() {
               std::lock_guard lock(impl_->mu);
               impl_->io = nullptr;
             }
-            if (stopping_) break;  // cut: sent again after the lease
+            if (stopping_) break;  // cut mid-POST: released below, sent again (at least once)
             if (failure) std::rethrow_exception(failure);
             if (status < 200 || status > 299) error = fmt::format("HTTP {}", status);
           } catch (const std::exception& ex) {
