@@ -237,6 +237,8 @@ class Admitter {
   static constexpr std::chrono::milliseconds sweep_interval{1000};
   static constexpr std::size_t sweep_accounts_max = 64;  ///< per sweep
   static constexpr std::size_t retry_settles_max = 100'000;
+  /// How long an admission batch waits for a recovery another batch has in flight (ms).
+  static constexpr int recovery_wait_max_ms = 200;
 
  private:
   void flush_settles();

@@ -169,9 +169,18 @@ struct Admitter::RestoreJoin {
 
 boost::asio::awaitable<bool> Admitter::recover(std::string epoch) {
   if (epoch == epoch_) co_return true;  // done meanwhile (by the periodic task)
-  if (recovering_) co_return false;    // one at a time; the caller answers unavailable
-  recovering_ = true;
   auto alive = alive_;
+  if (recovering_) {
+    // One at a time. Another batch of this Admitter is re-registering (a burst of more than
+    // admit_batch_max on first contact): wait for it, a few ms, rather than answer unavailable.
+    boost::asio::steady_timer wait(ex_);
+    for (int i = 0; recovering_ && *alive && i < recovery_wait_max_ms; ++i) {
+      wait.expires_after(std::chrono::milliseconds(1));
+      co_await wait.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
+    }
+    co_return *alive && epoch == epoch_;
+  }
+  recovering_ = true;
   // What to re-register, per account (copied now: settles may change it while we wait).
   struct Group {
     std::vector<std::string> holds, charges;
