@@ -32,16 +32,12 @@ class OpenAiDialect final : public Dialect {
 
   std::optional<wire::ParsedRequest> parse_request(std::string& body, wire::Endpoint ep,
                                                    wire::RequestError& err) const override {
-    auto parsed = wire::parse_request(body, err, ep);
+    auto parsed = Dialect::parse_request(body, ep, err);
     if (parsed && ep == wire::Endpoint::embeddings && parsed->stream) {
       err = {400, "Embeddings cannot be streamed.", "invalid_value"};
       return std::nullopt;
     }
     return parsed;
-  }
-
-  std::string upstream_body(const RequestCtx& ctx, std::string_view upstream_model) const override {
-    return wire::upstream_body(ctx.body, ctx.endpoint, ctx.req, ctx.default_cap, upstream_model);
   }
 
   void read_response(std::string& body, RequestCtx& ctx) const override {
@@ -128,18 +124,27 @@ class OpenAiDialect final : public Dialect {
     if (wire::chunk_has_output(data)) batch.output_ends.push_back(batch.bytes.size());
   }
 
-  std::string error_body(int, std::string_view message, std::string_view type,
-                         std::string_view code) const override {
-    return wire::error_body(message, type, code);
-  }
-
-  std::string upstream_error_body(int status, std::string_view body, std::string_view content_type,
-                                  std::string_view upstream_key) const override {
-    return wire::upstream_error_body(status, body, content_type, upstream_key);
-  }
 };
 
 }  // namespace
+
+std::optional<wire::ParsedRequest> Dialect::parse_request(std::string& body, wire::Endpoint ep,
+                                                          wire::RequestError& err) const {
+  return wire::parse_request(body, err, ep);
+}
+
+std::string Dialect::upstream_body(const RequestCtx& ctx, std::string_view upstream_model) const {
+  return wire::upstream_body(ctx.body, ctx.endpoint, ctx.req, ctx.default_cap, upstream_model);
+}
+
+std::string Dialect::error_body(int, std::string_view message, std::string_view type, std::string_view code) const {
+  return wire::error_body(message, type, code);
+}
+
+std::string Dialect::upstream_error_body(int status, std::string_view body, std::string_view content_type,
+                                         std::string_view upstream_key) const {
+  return wire::upstream_error_body(status, body, content_type, upstream_key);
+}
 
 const Dialect& openai_dialect() {
   static const OpenAiDialect d;

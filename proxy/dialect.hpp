@@ -48,13 +48,13 @@ class Dialect {
   virtual std::string_view name() const = 0;
 
   /// Reads the fields billing needs from the client's body (may pad `body` in place). nullopt:
-  /// `err` holds the 400 to answer.
+  /// `err` holds the 400 to answer. By default wire::parse_request for the endpoint.
   virtual std::optional<wire::ParsedRequest> parse_request(std::string& body, wire::Endpoint ep,
-                                                           wire::RequestError& err) const = 0;
+                                                           wire::RequestError& err) const;
   /// The body sent upstream: usage reporting asked for, the completion cap `default_cap`
   /// (tokens) set where the client set none, and the model renamed to `upstream_model` (empty:
-  /// as asked).
-  virtual std::string upstream_body(const RequestCtx& ctx, std::string_view upstream_model) const = 0;
+  /// as asked). wire::upstream_body, which knows each endpoint's fields.
+  std::string upstream_body(const RequestCtx& ctx, std::string_view upstream_model) const;
 
   /// Request headers of the client's passed to the upstream as they are (Anthropic's
   /// anthropic-version and anthropic-beta), lower-case names.
@@ -79,9 +79,9 @@ class Dialect {
     st.held_event.clear();
   }
 
-  /// A local error's body (OpenAI: {"error":{"message","type","param","code"}}).
+  /// A local error's body; by default OpenAI's {"error":{"message","type","param","code"}}.
   virtual std::string error_body(int status, std::string_view message, std::string_view type,
-                                 std::string_view code) const = 0;
+                                 std::string_view code) const;
   /// The SSE event that ends a stream tollgate cuts (the upstream lost or stalled, a graceful
   /// stop): OpenAI's is `data: <error_body>`.
   virtual std::string stream_error_event(int status, std::string_view message, std::string_view type,
@@ -89,9 +89,9 @@ class Dialect {
     return "data: " + error_body(status, message, type, code) + "\n\n";
   }
   /// An upstream's error response (any status, any content type) in this dialect's envelope,
-  /// without `upstream_key` or the upstream's cost.
+  /// without `upstream_key` or the upstream's cost; by default OpenAI's (wire::upstream_error_body).
   virtual std::string upstream_error_body(int status, std::string_view body, std::string_view content_type,
-                                          std::string_view upstream_key) const = 0;
+                                          std::string_view upstream_key) const;
 };
 
 /// OpenAI's API (chat completions, completions, embeddings, images), as OpenRouter serves it.

@@ -64,15 +64,6 @@ class MessagesDialect final : public Dialect {
     return names;
   }
 
-  std::optional<wire::ParsedRequest> parse_request(std::string& body, wire::Endpoint ep,
-                                                   wire::RequestError& err) const override {
-    return wire::parse_request(body, err, ep);
-  }
-
-  std::string upstream_body(const RequestCtx& ctx, std::string_view upstream_model) const override {
-    return wire::upstream_body(ctx.body, ctx.endpoint, ctx.req, ctx.default_cap, upstream_model);
-  }
-
   void read_response(std::string& body, RequestCtx& ctx) const override {
     Outcome& out = ctx.out;
     if (!out.generation_id) out.generation_id = wire::string_at(body, {"id"});

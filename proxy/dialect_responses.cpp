@@ -56,15 +56,6 @@ class ResponsesDialect final : public Dialect {
  public:
   std::string_view name() const override { return "responses"; }
 
-  std::optional<wire::ParsedRequest> parse_request(std::string& body, wire::Endpoint ep,
-                                                   wire::RequestError& err) const override {
-    return wire::parse_request(body, err, ep);
-  }
-
-  std::string upstream_body(const RequestCtx& ctx, std::string_view upstream_model) const override {
-    return wire::upstream_body(ctx.body, ctx.endpoint, ctx.req, ctx.default_cap, upstream_model);
-  }
-
   void read_response(std::string& body, RequestCtx& ctx) const override {
     read_response_object(body, {}, ctx.out);
     if (ctx.out.usage) body = wire::with_charge(body, {"usage"}, quote(ctx));
@@ -102,21 +93,11 @@ class ResponsesDialect final : public Dialect {
     }
   }
 
-  std::string error_body(int, std::string_view message, std::string_view type,
-                         std::string_view code) const override {
-    return wire::error_body(message, type, code);
-  }
-
   /// The Responses API's `error` event: {"type":"error","code","message","param"}.
   std::string stream_error_event(int, std::string_view message, std::string_view,
                                  std::string_view code) const override {
     return fmt::format("event: error\ndata: {{\"type\":\"error\",\"code\":{},\"message\":{},\"param\":null}}\n\n",
                        wire::json_string(code), wire::json_string(message));
-  }
-
-  std::string upstream_error_body(int status, std::string_view body, std::string_view content_type,
-                                  std::string_view upstream_key) const override {
-    return wire::upstream_error_body(status, body, content_type, upstream_key);
   }
 };
 

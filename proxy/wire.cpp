@@ -298,19 +298,10 @@ bool chunk_has_output(std::string_view d) noexcept {
 std::string event_data(std::string_view ev) {
   std::string out;
   bool first = true;
-  while (!ev.empty()) {
-    auto eol = ev.find_first_of("\r\n");
-    std::string_view line = ev.substr(0, eol);
-    if (line.size() >= 5 && line.substr(0, 5) == "data:") {
-      line.remove_prefix(5);
-      if (!line.empty() && line.front() == ' ') line.remove_prefix(1);
-      if (!first) out.push_back('\n');
-      out.append(line);
-      first = false;
-    }
-    if (eol == std::string_view::npos) break;
-    ev.remove_prefix(eol + 1);
-  }
+  for_each_field(ev, "data:", [&](std::string_view value) {
+    if (!std::exchange(first, false)) out.push_back('\n');
+    out.append(value);
+  });
   return out;
 }
 

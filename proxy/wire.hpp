@@ -171,6 +171,24 @@ class SseSplitter {
   bool event_just_ended_ = false;
 };
 
+/// Calls `f(value)` for each line of an SSE event that is the field `prefix` ("data:",
+/// "event:"), in order, with the value after the prefix and its one optional space (WHATWG HTML,
+/// "Server-sent events": field parsing; LF, CRLF or CR line ends).
+template <class F>
+void for_each_field(std::string_view ev, std::string_view prefix, F&& f) {
+  while (!ev.empty()) {
+    auto eol = ev.find_first_of("\r\n");
+    std::string_view line = ev.substr(0, eol);
+    if (line.substr(0, prefix.size()) == prefix) {
+      line.remove_prefix(prefix.size());
+      if (!line.empty() && line.front() == ' ') line.remove_prefix(1);
+      f(line);
+    }
+    if (eol == std::string_view::npos) break;
+    ev.remove_prefix(eol + 1);
+  }
+}
+
 /// The `data:` payload of an event (multi-line data joined with '\n'); empty for comments.
 std::string event_data(std::string_view event);
 

@@ -268,18 +268,11 @@ bool usage_at(std::string_view doc, std::initializer_list<std::string_view> path
 }
 
 std::string event_type(std::string_view ev, std::string_view data) {
-  while (!ev.empty()) {
-    auto eol = ev.find_first_of("\r\n");
-    std::string_view line = ev.substr(0, eol);
-    if (line.size() >= 6 && line.substr(0, 6) == "event:") {
-      line.remove_prefix(6);
-      if (!line.empty() && line.front() == ' ') line.remove_prefix(1);
-      return std::string(line);
-    }
-    if (eol == std::string_view::npos) break;
-    ev.remove_prefix(eol + 1);
-  }
-  return string_at(data, {"type"}).value_or("");
+  std::optional<std::string_view> type;  // the first `event:` field
+  for_each_field(ev, "event:", [&](std::string_view value) {
+    if (!type) type = value;
+  });
+  return type ? std::string(*type) : string_at(data, {"type"}).value_or("");
 }
 
 std::string with_charge(std::string_view doc, std::initializer_list<std::string_view> path,
