@@ -237,8 +237,6 @@ class Admitter {
   static constexpr std::chrono::milliseconds sweep_interval{1000};
   static constexpr std::size_t sweep_accounts_max = 64;  ///< per sweep
   static constexpr std::size_t retry_settles_max = 100'000;
-  /// How long an admission batch waits for a recovery another batch has in flight (ms).
-  static constexpr int recovery_wait_max_ms = 200;
 
  private:
   void flush_settles();
@@ -322,7 +320,9 @@ class Admitter {
   std::string epoch_;                 ///< the epoch our holds are registered under
   std::int64_t fence_until_ms_ = 0;   ///< Unix ms
   std::uint64_t generation_ = 0;      ///< recoveries so far
-  bool recovering_ = false;
+  /// Set while a recovery runs: a timer that never expires by itself, cancelled when the
+  /// recovery ends (that wakes the admission batches waiting for it).
+  std::shared_ptr<boost::asio::steady_timer> recovery_;
   bool verify_epoch_ = true;          ///< check run_id before the next admission
   unsigned polls_ = 0;
   std::int64_t next_sweep_ms_ = 0;

@@ -128,7 +128,7 @@ boost::asio::awaitable<void> Admitter::poll_epoch() {
   std::vector<std::string> get{"GET", epoch_key};
   const bool check_run_id = verify_epoch_ || ++polls_ % 5 == 0;
   auto [ec, value] = co_await redis_.command(get, cfg_.timeout);
-  if (ec || !*alive || recovering_) co_return;
+  if (ec || !*alive || recovery_) co_return;
   bool changed = value.type != RedisReply::Type::string || value.str != epoch_;
   if (!changed && check_run_id) {
     std::vector<std::string> info{"INFO", "server"};
@@ -170,17 +170,23 @@ struct Admitter::RestoreJoin {
 boost::asio::awaitable<bool> Admitter::recover(std::string epoch) {
   if (epoch == epoch_) co_return true;  // done meanwhile (by the periodic task)
   auto alive = alive_;
-  if (recovering_) {
+  if (recovery_) {
     // One at a time. Another batch of this Admitter is re-registering (a burst of more than
-    // admit_batch_max on first contact): wait for it, a few ms, rather than answer unavailable.
-    boost::asio::steady_timer wait(ex_);
-    for (int i = 0; recovering_ && *alive && i < recovery_wait_max_ms; ++i) {
-      wait.expires_after(std::chrono::milliseconds(1));
-      co_await wait.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
-    }
+    // admit_batch_max on first contact): wait for it rather than answer unavailable.
+    auto running = recovery_;
+    co_await running->async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
     co_return *alive && epoch == epoch_;
   }
-  recovering_ = true;
+  recovery_ = std::make_shared<boost::asio::steady_timer>(ex_, boost::asio::steady_timer::time_point::max());
+  struct Ended {  // however the recovery ends: the waiters wake, the next recovery may start
+    std::shared_ptr<bool> alive;
+    Admitter& a;
+    ~Ended() {
+      if (!*alive || !a.recovery_) return;
+      a.recovery_->cancel();
+      a.recovery_.reset();
+    }
+  } ended{alive, *this};
   // What to re-register, per account (copied now: settles may change it while we wait).
   struct Group {
     std::vector<std::string> holds, charges;
@@ -222,7 +228,6 @@ boost::asio::awaitable<bool> Admitter::recover(std::string epoch) {
     fence_until_ms_ = epoch_created_ms(epoch) + epoch_fence.count();
     ++generation_;
   }
-  recovering_ = false;
   co_return ok;
 }
 
