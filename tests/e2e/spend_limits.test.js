@@ -8,7 +8,7 @@ import { test } from 'node:test';
 
 import { lit, psql, sleep, tollgate, toMicros, useHarness } from './harness.js';
 
-const h = useHarness();
+const h = useHarness({ defaultAdmissionTimeout: true });  // the default 50 ms admission deadline
 
 /** POSTs a chat completion; never throws for HTTP statuses. */
 async function chat(url, key, body) {
